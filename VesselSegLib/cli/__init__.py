@@ -1,0 +1,1 @@
+"""The ``vesselseg`` command."""

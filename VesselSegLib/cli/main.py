@@ -1,0 +1,286 @@
+"""``vesselseg``: segment vessels from the command line, with the Slicer module's Logic on a real MRML scene.
+
+    vesselseg segment INPUT --modality TOF-MRA --out DIR [--method NAME] [--mask MASK] [--probabilities] ...
+    vesselseg demo [--out DIR]          # the bundled sample volume
+    vesselseg methods                    # the model registry
+
+The output folder is written whole or not at all: everything goes to a hidden temporary folder beside it
+that is renamed into place at the end, and removed on failure or Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from VesselSegLib import __version__
+from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
+
+logger = logging.getLogger("vesselseg")
+SAMPLE_VOLUME_NAME = "sample_tof_mra.nrrd"
+SAMPLE_MODALITY = "TOF-MRA"
+
+
+class CommandError(Exception):
+    """A failure to report as one line and exit code 1."""
+
+
+def _parse_thresholds(items: Sequence[str] | None) -> dict[str, float]:
+    thresholds: dict[str, float] = {}
+    for item in items or ():
+        name, _, value = item.partition("=")
+        if name not in VESSEL_CLASS_BY_NAME or not value:
+            raise CommandError(f"--threshold takes CLASS=VALUE with CLASS in {', '.join(VESSEL_CLASS_BY_NAME)}; got {item!r}.")
+        try:
+            thresholds[name] = float(value)
+        except ValueError:
+            raise CommandError(f"--threshold {item!r}: {value!r} is not a number.") from None
+    return thresholds
+
+
+def _add_segment_options(parser: argparse.ArgumentParser) -> None:
+    from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
+
+    parser.add_argument("--modality", default="TOF-MRA", help=f"Preset: {', '.join(MODALITY_PRESETS)} (default TOF-MRA).")
+    parser.add_argument("--method", default=None, help="Registry method name (default: best for the modality; see `vesselseg methods`).")
+    parser.add_argument("--mask", type=Path, default=None, help="Brain/region mask on the input's grid.")
+    parser.add_argument("--classes", nargs="+", default=None, choices=list(VESSEL_CLASS_BY_NAME), help="Vessel classes to keep.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto).")
+    parser.add_argument("--patch-size", nargs=3, type=int, metavar=("Z", "Y", "X"), default=None, help="Sliding-window patch in voxels.")
+    parser.add_argument("--overlap", type=float, default=None, help="Window overlap fraction in [0, 1).")
+    parser.add_argument("--batch-size", type=int, default=2, help="Windows per forward pass (default 2).")
+    parser.add_argument("--threshold", action="append", metavar="CLASS=VALUE", help="Probability threshold, e.g. micro=0.4 (repeatable).")
+    parser.add_argument("--min-component-mm3", type=float, default=None, help="Remove components smaller than this (mm^3).")
+    parser.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), default=None,
+                        help="Voxel size in mm overriding the file's (TIFF stacks without metadata).")
+    parser.add_argument("--probabilities", action="store_true", help="Also write per-class probability maps.")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="Reference class map (0 bg, 1 artery, 2 vein, 3 micro) on the input's grid: "
+                             "adds quality metrics to summary.json.")
+    parser.add_argument("--model-format", choices=("vtk", "ply"), default="vtk", help="3D model file format (default vtk).")
+    parser.add_argument("--no-models", action="store_true", help="Skip 3D surface models.")
+    parser.add_argument("--force", action="store_true", help="Replace DIR if it exists.")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vesselseg", description="Blood-vessel segmentation of 3D images.")
+    parser.add_argument("--version", action="version", version=f"vesselseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    segment = commands.add_parser("segment", help="Segment one volume and write the outputs to a folder.")
+    segment.add_argument("input", type=Path, help="Volume: .nii(.gz), .nrrd, .mha, or multi-page .tif stack.")
+    segment.add_argument("--out", type=Path, required=True, help="Output folder (created; its parent must exist).")
+    _add_segment_options(segment)
+    demo = commands.add_parser("demo", help="Segment the bundled sample TOF-MRA volume.")
+    demo.add_argument("--out", type=Path, default=Path("vesselseg-demo"), help="Output folder (default ./vesselseg-demo).")
+    _add_segment_options(demo)
+    commands.add_parser("methods", help="List the methods of the model registry.")
+    return parser
+
+
+def _progress_bar(quiet: bool):
+    """A progress callback drawing a tqdm bar on stderr; returns (callback, close)."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, unit="%", desc="VesselSeg", file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}")
+    lock = threading.Lock()
+
+    def callback(fraction: float, message: str) -> None:
+        with lock:
+            bar.n = round(100 * fraction, 1)
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+    return callback, bar.close
+
+
+def _prepare_output(out: Path, force: bool) -> Path:
+    out = out.expanduser().absolute()
+    if not out.parent.is_dir():
+        raise CommandError(f"The parent folder of --out ({out.parent}) does not exist; create it first.")
+    if out.exists() and not force:
+        raise CommandError(f"Output folder {out} already exists; choose another or pass --force to replace it.")
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def run_segment(args: argparse.Namespace) -> dict:
+    """Segment ``args.input`` into ``args.out``; returns the summary written to summary.json."""
+    from VesselSegLib.io import read_volume, write_volume
+    from VesselSegLib.preprocessing import get_preset, normalize_intensity
+
+    get_preset(args.modality)  # fail fast on a bad preset, before any work
+    thresholds = _parse_thresholds(args.threshold)
+    started = time.perf_counter()
+    staging = _prepare_output(args.out, args.force)
+    progress, close_bar = _progress_bar(args.quiet)
+    try:
+        from VesselSegLib.mrml.export import write_model_files, write_segmentation
+        from VesselSegLib.mrml.logic import VesselSegLogic
+        from VesselSegLib.mrml.scene import create_headless_scene, load_volume_node
+
+        tick = time.perf_counter()
+        volume = read_volume(args.input, spacing_xyz=args.spacing)
+        scene = create_headless_scene()
+        input_node = load_volume_node(scene, args.input, spacing_xyz=args.spacing, name=args.input.name.split(".")[0])
+        mask_node = None
+        mask_array = None
+        if args.mask is not None:
+            mask_node = load_volume_node(scene, args.mask, name="mask")
+            mask_array = read_volume(args.mask).array > 0
+        read_seconds = time.perf_counter() - tick
+
+        logic = VesselSegLogic()
+        outputs = logic.process(
+            input_node,
+            maskVolume=mask_node,
+            modality=args.modality,
+            method=args.method,
+            vesselClasses=tuple(args.classes) if args.classes else ("artery", "vein", "micro"),
+            device=args.device,
+            patchSizeZYX=tuple(args.patch_size) if args.patch_size else None,
+            overlap=args.overlap,
+            thresholds=thresholds or None,
+            minimumComponentMm3=args.min_component_mm3,
+            createProbabilityVolumes=False,
+            createModels=not args.no_models,
+            progressCallback=progress,
+        )
+        result = outputs.result
+
+        tick = time.perf_counter()
+        write_segmentation(outputs.segmentationNode, staging / "segmentation.seg.nrrd")
+        write_volume(volume.with_array(result.class_map), staging / "labels.nii.gz")
+        model_files = {}
+        if not args.no_models:
+            model_files = write_model_files(outputs.modelNodes, staging / "models", file_format=args.model_format)
+        probability_files = {}
+        if args.probabilities:
+            for name, probability in result.probabilities.items():
+                path = write_volume(volume.with_array(probability), staging / f"probability_{name}.nii.gz")
+                probability_files[name] = path.name
+        from VesselSegLib.visualization import write_preview
+
+        normalized = normalize_intensity(volume.array, args.modality, mask_array)
+        write_preview(staging / "preview.png", normalized, result.class_map, volume.spacing_zyx,
+                      title=f"{args.input.name} - {result.method_display_name}")
+        write_seconds = time.perf_counter() - tick
+        metrics = None
+        if args.reference is not None:
+            metrics = _reference_metrics(args.reference, volume, result)
+
+        summary = {
+            "vesselseg_version": __version__,
+            "input": str(args.input),
+            "shape_zyx": list(volume.array.shape),
+            "spacing_zyx_mm": list(volume.spacing_zyx),
+            "modality": args.modality,
+            "method": result.method,
+            "method_display_name": result.method_display_name,
+            "model_sha256": result.model_sha256,
+            "device": result.device,
+            "vessel_classes": list(result.vessel_classes),
+            "volume_mm3": result.volumes_mm3(volume.spacing_zyx),
+            "metrics_against_reference": metrics,
+            "voxel_count": {name: int(result.binary_mask(name).sum()) for name in result.vessel_classes},
+            "run_time_s": {
+                "read": round(read_seconds, 3),
+                "segment": round(result.seconds, 3),
+                **{key: round(value, 3) for key, value in result.timings.items()},
+                "write": round(write_seconds, 3),
+                "total": round(time.perf_counter() - started, 3),
+            },
+            "files": {
+                "segmentation": "segmentation.seg.nrrd",
+                "labels": "labels.nii.gz",
+                "models": {name: str(Path(p).relative_to(staging)) for name, p in model_files.items()},
+                "probabilities": probability_files,
+                "preview": "preview.png",
+            },
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        }
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        out = args.out.expanduser().absolute()
+        if out.exists():  # --force: swap the old folder out only once the new one is complete
+            shutil.rmtree(out)
+        os.replace(staging, out)
+        return summary
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        close_bar()
+
+
+def _reference_metrics(path: Path, volume, result) -> dict:
+    """Per-class and all-vessel metrics of ``result`` against the class map in ``path``."""
+    from VesselSegLib.io import read_volume
+    from VesselSegLib.metrics import evaluate_class_maps
+
+    reference = read_volume(path)
+    if reference.array.shape != volume.array.shape:
+        raise CommandError(
+            f"Reference {path.name} has shape {reference.array.shape} but the input has {volume.array.shape}; "
+            "give labels on the input's grid."
+        )
+    return evaluate_class_maps(
+        result.class_map, reference.array.astype(np.uint8), volume.spacing_zyx, class_names=result.vessel_classes
+    )
+
+
+def run_methods() -> None:
+    from VesselSegLib.models.registry import ModelRegistry
+
+    registry = ModelRegistry.default()
+    for entry in registry.entries():
+        defaults = f" (default for {', '.join(entry.default_for)})" if entry.default_for else ""
+        print(f"{entry.name:<24} {entry.display_name}; modalities: {', '.join(entry.modalities)}; "
+              f"classes: {', '.join(entry.vessel_classes)}{defaults}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="vesselseg: %(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from VesselSegLib.errors import SegmentationCancelled
+
+    try:
+        if args.command == "methods":
+            run_methods()
+            return 0
+        if args.command == "demo":
+            from VesselSegLib.resources import sample_data_dir
+
+            args.input = sample_data_dir() / SAMPLE_VOLUME_NAME
+            if args.modality != SAMPLE_MODALITY:
+                raise CommandError(f"The sample volume is {SAMPLE_MODALITY}; drop --modality or pass {SAMPLE_MODALITY}.")
+        summary = run_segment(args)
+        out = args.out.expanduser().absolute()
+        volumes = ", ".join(f"{k} {v:.1f} mm3" for k, v in summary["volume_mm3"].items())
+        print(f"Wrote {out} ({summary['method']}, {summary['run_time_s']['total']:.1f} s): {volumes}")
+        return 0
+    except KeyboardInterrupt:
+        print("vesselseg: cancelled; no output written.", file=sys.stderr)
+        return 130
+    except SegmentationCancelled:
+        print("vesselseg: cancelled; no output written.", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, FileNotFoundError) as error:
+        print(f"vesselseg: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sliding-window inference and the end-to-end segmentation pipeline."""

@@ -1,0 +1,34 @@
+"""Network classes by architecture name, so checkpoints and the registry can rebuild a model from data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from VesselSegLib.models.unet3d import UNet3D
+
+# Architecture name (as written in checkpoints and models.json) -> class. Later models (VC-Net, V-Net, ...)
+# register here.
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {
+    "UNet3D": UNet3D,
+}
+
+
+def build_network(architecture: str, arguments: dict[str, Any]) -> nn.Module:
+    """Construct the network ``architecture`` with keyword ``arguments``.
+
+    Raises
+    ------
+    ValueError
+        Unknown architecture (the message lists the known ones) or arguments it does not accept.
+    """
+    try:
+        network_class = NETWORK_CLASSES[architecture]
+    except KeyError:
+        known = ", ".join(sorted(NETWORK_CLASSES))
+        raise ValueError(f"Unknown network architecture {architecture!r}; known architectures: {known}.") from None
+    try:
+        return network_class(**arguments)
+    except TypeError as error:
+        raise ValueError(f"Arguments {arguments} do not fit architecture {architecture!r}: {error}") from None

@@ -1,0 +1,154 @@
+"""The model registry: ``Resources/Models/models.json`` read as data.
+
+Each entry names a method the user can pick (in Slicer's Method panel or ``vesselseg --method``)::
+
+    {
+      "name": "unet3d-baseline",            # what users type
+      "display_name": "3D U-Net (baseline)",
+      "kind": "network" | "vesselness",     # learned network, or a non-learned filter
+      "architecture": "UNet3D",             # network class (VesselSegLib.models.networks)
+      "arguments": {...},                   # its constructor arguments
+      "weights": "unet3d_baseline.safetensors",  # beside models.json
+      "sha256": "...",                      # checked before loading
+      "modalities": ["TOF-MRA", "SWI", "2PM"],
+      "default_for": ["TOF-MRA"],           # presets for which this is the default method
+      "vessel_classes": ["artery", "vein", "micro"],  # one network output channel each, in order
+      "spacing_mm_zyx": [0.8, 0.5, 0.5],    # voxel size of the training data
+      "normalisation": "preset",            # intensity normalisation: the modality preset's
+      "patch_size_zyx": [64, 128, 128], "overlap": 0.25, "thresholds": {"artery": 0.5, ...}
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from VesselSegLib.models.checkpoint import load_checkpoint
+from VesselSegLib.resources import models_dir
+from VesselSegLib.vessel_classes import vessel_class
+
+REGISTRY_FILE_NAME = "models.json"
+METHOD_KINDS = ("network", "vesselness")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One method of the registry; see the module docstring for the fields."""
+
+    name: str
+    display_name: str
+    kind: str
+    modalities: tuple[str, ...]
+    vessel_classes: tuple[str, ...]
+    default_for: tuple[str, ...] = ()
+    architecture: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    sha256: str | None = None
+    spacing_mm_zyx: tuple[float, float, float] | None = None
+    patch_size_zyx: tuple[int, int, int] | None = None
+    overlap: float = 0.25
+    thresholds: dict[str, float] = field(default_factory=dict)
+    card: str | None = None
+    directory: Path = field(default_factory=Path)
+
+    @property
+    def weights_path(self) -> Path | None:
+        return None if self.weights is None else self.directory / self.weights
+
+    @property
+    def card_path(self) -> Path | None:
+        return None if self.card is None else self.directory / self.card
+
+    def load_network(self) -> nn.Module:
+        """Build the network and load its checked weights (SHA256 and architecture)."""
+        if self.kind != "network":
+            raise ValueError(f"Method {self.name!r} is a {self.kind} filter, not a network; it has no weights.")
+        return load_checkpoint(
+            self.weights_path,
+            expected_sha256=self.sha256,
+            expected_architecture=self.architecture,
+            expected_arguments=self.arguments,
+        )
+
+
+def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
+    try:
+        entry = ModelEntry(
+            name=raw["name"],
+            display_name=raw.get("display_name", raw["name"]),
+            kind=raw["kind"],
+            modalities=tuple(raw["modalities"]),
+            vessel_classes=tuple(raw["vessel_classes"]),
+            default_for=tuple(raw.get("default_for", ())),
+            architecture=raw.get("architecture"),
+            arguments=dict(raw.get("arguments", {})),
+            weights=raw.get("weights"),
+            sha256=raw.get("sha256"),
+            spacing_mm_zyx=tuple(raw["spacing_mm_zyx"]) if raw.get("spacing_mm_zyx") else None,
+            patch_size_zyx=tuple(raw["patch_size_zyx"]) if raw.get("patch_size_zyx") else None,
+            overlap=float(raw.get("overlap", 0.25)),
+            thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
+            card=raw.get("card"),
+            directory=directory,
+        )
+    except KeyError as missing:
+        raise ValueError(f"Model registry entry {raw.get('name', raw)!r} lacks the field {missing}.") from None
+    if entry.kind not in METHOD_KINDS:
+        raise ValueError(f"Model registry entry {entry.name!r} has kind {entry.kind!r}; use one of {METHOD_KINDS}.")
+    for class_name in entry.vessel_classes:
+        vessel_class(class_name)  # raises on unknown class names
+    if entry.kind == "network" and not (entry.architecture and entry.weights and entry.sha256):
+        raise ValueError(f"Network entry {entry.name!r} needs 'architecture', 'weights' and 'sha256'.")
+    return entry
+
+
+class ModelRegistry:
+    """The methods listed in a ``models.json``; ``ModelRegistry.default()`` reads the shipped one."""
+
+    def __init__(self, entries: list[ModelEntry]) -> None:
+        self._entries = {entry.name: entry for entry in entries}
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelRegistry:
+        path = Path(path)
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"Cannot read the model registry {path}: {error}") from None
+        return cls([_entry_from_json(raw, path.parent) for raw in document.get("models", [])])
+
+    @classmethod
+    def default(cls) -> ModelRegistry:
+        return cls.from_file(models_dir() / REGISTRY_FILE_NAME)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self, modality: str | None = None) -> list[ModelEntry]:
+        """All entries, or those that accept ``modality``."""
+        return [e for e in self._entries.values() if modality is None or modality in e.modalities]
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry called ``name``; ValueError listing the known names otherwise."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(self._entries) or "(none)"
+            raise ValueError(f"Unknown method {name!r}; known methods are: {known}.") from None
+
+    def default_for(self, modality: str) -> ModelEntry:
+        """The recommended method for a modality preset (the first entry that names it as default)."""
+        for entry in self._entries.values():
+            if modality in entry.default_for:
+                return entry
+        for entry in self._entries.values():
+            if modality in entry.modalities:
+                return entry
+        raise ValueError(f"No method in the registry handles modality {modality!r}.")
