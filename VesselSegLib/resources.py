@@ -40,3 +40,14 @@ def models_dir() -> Path:
 
 def sample_data_dir() -> Path:
     return resources_dir() / "SampleData"
+
+
+VESSELNN_ENVIRONMENT_VARIABLE = "VESSELSEG_VESSELNN"
+
+
+def vesselnn_dir() -> Path:
+    """The VesselNN two-photon data set (read in place, never copied): ``$VESSELSEG_VESSELNN``, else
+    ``shared/data/vesselnn`` beside the repository checkout. It may not exist; callers check."""
+    if os.environ.get(VESSELNN_ENVIRONMENT_VARIABLE):
+        return Path(os.environ[VESSELNN_ENVIRONMENT_VARIABLE])
+    return _PACKAGE_DIR.parent.parent / "shared" / "data" / "vesselnn"

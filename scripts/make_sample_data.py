@@ -21,13 +21,17 @@ SAMPLE_SEED = 2026
 # A tilted acquisition (10 degrees about the Z axis) and a scanner-like origin: the outputs must land on
 # exactly this grid, which the demo makes visible in Slicer.
 ANGLE = np.deg2rad(10.0)
-DIRECTION = np.array([[np.cos(ANGLE), -np.sin(ANGLE), 0.0], [np.sin(ANGLE), np.cos(ANGLE), 0.0], [0.0, 0.0, 1.0]])
+DIRECTION = np.array(
+    [[np.cos(ANGLE), -np.sin(ANGLE), 0.0], [np.sin(ANGLE), np.cos(ANGLE), 0.0], [0.0, 0.0, 1.0]]
+)
 ORIGIN_XYZ = (-48.0, -60.0, -20.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "Resources" / "SampleData")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+    )
     args = parser.parse_args()
     case = make_phantom_case("TOF-MRA", SAMPLE_SHAPE_ZYX, seed=SAMPLE_SEED)
     spacing_xyz = tuple(reversed(case.spacing_zyx))

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from VesselSegLib import __version__
+from VesselSegLib.io.atomic import default_file_mode
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 
 logger = logging.getLogger("vesselseg")
@@ -42,7 +43,9 @@ def _parse_thresholds(items: Sequence[str] | None) -> dict[str, float]:
     for item in items or ():
         name, _, value = item.partition("=")
         if name not in VESSEL_CLASS_BY_NAME or not value:
-            raise CommandError(f"--threshold takes CLASS=VALUE with CLASS in {', '.join(VESSEL_CLASS_BY_NAME)}; got {item!r}.")
+            raise CommandError(
+                f"--threshold takes CLASS=VALUE with CLASS in {', '.join(VESSEL_CLASS_BY_NAME)}; got {item!r}."
+            )
         try:
             thresholds[name] = float(value)
         except ValueError:
@@ -53,23 +56,61 @@ def _parse_thresholds(items: Sequence[str] | None) -> dict[str, float]:
 def _add_segment_options(parser: argparse.ArgumentParser) -> None:
     from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
 
-    parser.add_argument("--modality", default="TOF-MRA", help=f"Preset: {', '.join(MODALITY_PRESETS)} (default TOF-MRA).")
-    parser.add_argument("--method", default=None, help="Registry method name (default: best for the modality; see `vesselseg methods`).")
+    parser.add_argument(
+        "--modality", default="TOF-MRA", help=f"Preset: {', '.join(MODALITY_PRESETS)} (default TOF-MRA)."
+    )
+    parser.add_argument(
+        "--method",
+        default=None,
+        help="Registry method name (default: best for the modality; see `vesselseg methods`).",
+    )
     parser.add_argument("--mask", type=Path, default=None, help="Brain/region mask on the input's grid.")
-    parser.add_argument("--classes", nargs="+", default=None, choices=list(VESSEL_CLASS_BY_NAME), help="Vessel classes to keep.")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        choices=list(VESSEL_CLASS_BY_NAME),
+        help="Vessel classes to keep.",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto).")
-    parser.add_argument("--patch-size", nargs=3, type=int, metavar=("Z", "Y", "X"), default=None, help="Sliding-window patch in voxels.")
+    parser.add_argument(
+        "--patch-size",
+        nargs=3,
+        type=int,
+        metavar=("Z", "Y", "X"),
+        default=None,
+        help="Sliding-window patch in voxels.",
+    )
     parser.add_argument("--overlap", type=float, default=None, help="Window overlap fraction in [0, 1).")
     parser.add_argument("--batch-size", type=int, default=2, help="Windows per forward pass (default 2).")
-    parser.add_argument("--threshold", action="append", metavar="CLASS=VALUE", help="Probability threshold, e.g. micro=0.4 (repeatable).")
-    parser.add_argument("--min-component-mm3", type=float, default=None, help="Remove components smaller than this (mm^3).")
-    parser.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), default=None,
-                        help="Voxel size in mm overriding the file's (TIFF stacks without metadata).")
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        metavar="CLASS=VALUE",
+        help="Probability threshold, e.g. micro=0.4 (repeatable).",
+    )
+    parser.add_argument(
+        "--min-component-mm3", type=float, default=None, help="Remove components smaller than this (mm^3)."
+    )
+    parser.add_argument(
+        "--spacing",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        default=None,
+        help="Voxel size in mm overriding the file's (TIFF stacks without metadata).",
+    )
     parser.add_argument("--probabilities", action="store_true", help="Also write per-class probability maps.")
-    parser.add_argument("--reference", type=Path, default=None,
-                        help="Reference class map (0 bg, 1 artery, 2 vein, 3 micro) on the input's grid: "
-                             "adds quality metrics to summary.json.")
-    parser.add_argument("--model-format", choices=("vtk", "ply"), default="vtk", help="3D model file format (default vtk).")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="Reference class map (0 bg, 1 artery, 2 vein, 3 micro) on the input's grid: "
+        "adds quality metrics to summary.json.",
+    )
+    parser.add_argument(
+        "--model-format", choices=("vtk", "ply"), default="vtk", help="3D model file format (default vtk)."
+    )
     parser.add_argument("--no-models", action="store_true", help="Skip 3D surface models.")
     parser.add_argument("--force", action="store_true", help="Replace DIR if it exists.")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
@@ -81,10 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     segment = commands.add_parser("segment", help="Segment one volume and write the outputs to a folder.")
     segment.add_argument("input", type=Path, help="Volume: .nii(.gz), .nrrd, .mha, or multi-page .tif stack.")
-    segment.add_argument("--out", type=Path, required=True, help="Output folder (created; its parent must exist).")
+    segment.add_argument(
+        "--out", type=Path, required=True, help="Output folder (created; its parent must exist)."
+    )
     _add_segment_options(segment)
     demo = commands.add_parser("demo", help="Segment the bundled sample TOF-MRA volume.")
-    demo.add_argument("--out", type=Path, default=Path("vesselseg-demo"), help="Output folder (default ./vesselseg-demo).")
+    demo.add_argument(
+        "--out", type=Path, default=Path("vesselseg-demo"), help="Output folder (default ./vesselseg-demo)."
+    )
     _add_segment_options(demo)
     commands.add_parser("methods", help="List the methods of the model registry.")
     return parser
@@ -96,7 +141,13 @@ def _progress_bar(quiet: bool):
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=100, unit="%", desc="VesselSeg", file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}")
+    bar = tqdm(
+        total=100,
+        unit="%",
+        desc="VesselSeg",
+        file=sys.stderr,
+        bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}",
+    )
     lock = threading.Lock()
 
     def callback(fraction: float, message: str) -> None:
@@ -113,8 +164,12 @@ def _prepare_output(out: Path, force: bool) -> Path:
     if not out.parent.is_dir():
         raise CommandError(f"The parent folder of --out ({out.parent}) does not exist; create it first.")
     if out.exists() and not force:
-        raise CommandError(f"Output folder {out} already exists; choose another or pass --force to replace it.")
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        raise CommandError(
+            f"Output folder {out} already exists; choose another or pass --force to replace it."
+        )
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    os.chmod(staging, default_file_mode(directory=True))
+    return staging
 
 
 def run_segment(args: argparse.Namespace) -> dict:
@@ -135,7 +190,9 @@ def run_segment(args: argparse.Namespace) -> dict:
         tick = time.perf_counter()
         volume = read_volume(args.input, spacing_xyz=args.spacing)
         scene = create_headless_scene()
-        input_node = load_volume_node(scene, args.input, spacing_xyz=args.spacing, name=args.input.name.split(".")[0])
+        input_node = load_volume_node(
+            scene, args.input, spacing_xyz=args.spacing, name=args.input.name.split(".")[0]
+        )
         mask_node = None
         mask_array = None
         if args.mask is not None:
@@ -156,6 +213,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             thresholds=thresholds or None,
             minimumComponentMm3=args.min_component_mm3,
             createProbabilityVolumes=False,
+            keepProbabilities=args.probabilities,
             createModels=not args.no_models,
             progressCallback=progress,
         )
@@ -166,7 +224,9 @@ def run_segment(args: argparse.Namespace) -> dict:
         write_volume(volume.with_array(result.class_map), staging / "labels.nii.gz")
         model_files = {}
         if not args.no_models:
-            model_files = write_model_files(outputs.modelNodes, staging / "models", file_format=args.model_format)
+            model_files = write_model_files(
+                outputs.modelNodes, staging / "models", file_format=args.model_format
+            )
         probability_files = {}
         if args.probabilities:
             for name, probability in result.probabilities.items():
@@ -175,8 +235,13 @@ def run_segment(args: argparse.Namespace) -> dict:
         from VesselSegLib.visualization import write_preview
 
         normalized = normalize_intensity(volume.array, args.modality, mask_array)
-        write_preview(staging / "preview.png", normalized, result.class_map, volume.spacing_zyx,
-                      title=f"{args.input.name} - {result.method_display_name}")
+        write_preview(
+            staging / "preview.png",
+            normalized,
+            result.class_map,
+            volume.spacing_zyx,
+            title=f"{args.input.name} - {result.method_display_name}",
+        )
         write_seconds = time.perf_counter() - tick
         metrics = None
         if args.reference is not None:
@@ -186,7 +251,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             "vesselseg_version": __version__,
             "input": str(args.input),
             "shape_zyx": list(volume.array.shape),
-            "spacing_zyx_mm": list(volume.spacing_zyx),
+            "spacing_zyx_mm": [round(s, 9) for s in volume.spacing_zyx],
             "modality": args.modality,
             "method": result.method,
             "method_display_name": result.method_display_name,
@@ -237,7 +302,10 @@ def _reference_metrics(path: Path, volume, result) -> dict:
             "give labels on the input's grid."
         )
     return evaluate_class_maps(
-        result.class_map, reference.array.astype(np.uint8), volume.spacing_zyx, class_names=result.vessel_classes
+        result.class_map,
+        reference.array.astype(np.uint8),
+        volume.spacing_zyx,
+        class_names=result.vessel_classes,
     )
 
 
@@ -247,8 +315,10 @@ def run_methods() -> None:
     registry = ModelRegistry.default()
     for entry in registry.entries():
         defaults = f" (default for {', '.join(entry.default_for)})" if entry.default_for else ""
-        print(f"{entry.name:<24} {entry.display_name}; modalities: {', '.join(entry.modalities)}; "
-              f"classes: {', '.join(entry.vessel_classes)}{defaults}")
+        print(
+            f"{entry.name:<24} {entry.display_name}; modalities: {', '.join(entry.modalities)}; "
+            f"classes: {', '.join(entry.vessel_classes)}{defaults}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,7 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             args.input = sample_data_dir() / SAMPLE_VOLUME_NAME
             if args.modality != SAMPLE_MODALITY:
-                raise CommandError(f"The sample volume is {SAMPLE_MODALITY}; drop --modality or pass {SAMPLE_MODALITY}.")
+                raise CommandError(
+                    f"The sample volume is {SAMPLE_MODALITY}; drop --modality or pass {SAMPLE_MODALITY}."
+                )
         summary = run_segment(args)
         out = args.out.expanduser().absolute()
         volumes = ", ".join(f"{k} {v:.1f} mm3" for k, v in summary["volume_mm3"].items())

@@ -163,6 +163,11 @@ def segment_image(
     spacing_zyx = _validate_spacing(spacing_zyx)
     data = validate_image(image)
     mask = None if brain_mask is None else validate_mask(brain_mask, data.shape)
+    unknown = set(thresholds or {}) - set(VESSEL_CLASS_BY_NAME)
+    if unknown:
+        raise ValueError(
+            f"Thresholds given for unknown classes {sorted(unknown)}; use artery, vein or micro."
+        )
     if batch_size < 1:
         raise ValueError(f"Batch size must be >= 1, got {batch_size}.")
     target_device = resolve_device(device)
@@ -196,17 +201,26 @@ def segment_image(
         )
         all_probabilities = {name: output[index] for index, name in enumerate(entry.vessel_classes)}
         probabilities = {name: all_probabilities[name] for name in classes}
+        decisions = probabilities
     else:
-        from VesselSegLib.baselines.frangi import hessian_vesselness
+        from VesselSegLib.baselines.frangi import segment_frangi
 
-        vesselness = hessian_vesselness(
+        finest_mm = min(spacing_zyx)
+        vesselness, segmentation = segment_frangi(
             normalized,
             spacing_zyx,
+            threshold=(thresholds or {}).get(classes[0]),  # None: automatic (triangle) threshold
+            sigmas_mm=tuple(k * finest_mm for k in preset.frangi_sigmas_voxels),
             bright_vessels=True,  # the preset already made vessels bright
-            progress=lambda fraction, message: (_check_cancel(cancel),
-                                                _report(progress, 0.05 + 0.85 * fraction, message)),
+            mask=mask,
+            progress=lambda fraction, message: (
+                _check_cancel(cancel),
+                _report(progress, 0.05 + 0.85 * fraction, message),
+            ),
         )
         probabilities = {classes[0]: vesselness}
+        # The class map is built from Frangi's own binary decision; 0.5 splits the 0/1 mask.
+        decisions = {classes[0]: segmentation.astype(np.float32)}
     timings["predict_s"] = time.perf_counter() - tick
     _check_cancel(cancel)
 
@@ -215,15 +229,14 @@ def segment_image(
     if mask is not None:
         for probability in probabilities.values():
             probability[~mask] = 0.0
-    merged_thresholds = {**entry.thresholds, **(thresholds or {})}
-    unknown = set(merged_thresholds) - set(VESSEL_CLASS_BY_NAME)
-    if unknown:
-        raise ValueError(f"Thresholds given for unknown classes {sorted(unknown)}; use artery, vein or micro.")
+    merged_thresholds = {**entry.thresholds, **(thresholds or {})} if entry.kind == "network" else {}
     class_map = build_class_map(
-        probabilities,
+        decisions,
         spacing_zyx=spacing_zyx,
         thresholds=merged_thresholds,
-        min_component_mm3=preset.default_min_component_mm3 if min_component_mm3 is None else min_component_mm3,
+        min_component_mm3=preset.default_min_component_mm3
+        if min_component_mm3 is None
+        else min_component_mm3,
     )
     timings["postprocess_s"] = time.perf_counter() - tick
     _report(progress, 1.0, "Done")

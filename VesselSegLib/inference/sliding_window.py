@@ -38,13 +38,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("Device 'cuda' was asked for but PyTorch sees no CUDA GPU; choose 'cpu' or 'auto'.")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("Device 'mps' was asked for but Apple Metal is not available; choose 'cpu' or 'auto'.")
+        raise ValueError(
+            "Device 'mps' was asked for but Apple Metal is not available; choose 'cpu' or 'auto'."
+        )
     if name.split(":")[0] not in DEVICE_CHOICES:
         raise ValueError(f"Unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
     return torch.device(name)
 
 
-def count_windows(image_shape_zyx: Sequence[int], patch_size_zyx: Sequence[int], overlap: Sequence[float]) -> int:
+def count_windows(
+    image_shape_zyx: Sequence[int], patch_size_zyx: Sequence[int], overlap: Sequence[float]
+) -> int:
     """Number of windows MONAI's scan visits (same formula as ``monai.inferers.utils._get_scan_interval``)."""
     total = 1
     for size, patch, ratio in zip(image_shape_zyx, patch_size_zyx, overlap, strict=True):
@@ -113,20 +117,43 @@ def predict_probabilities(
     overlaps = _as_overlap(overlap)
     target = resolve_device(device)
     try:
-        return _run(network, image, patch, overlaps, batch_size, target, blend_mode, mixed_precision, progress, cancel)
+        return _run(
+            network, image, patch, overlaps, batch_size, target, blend_mode, mixed_precision, progress, cancel
+        )
     except torch.cuda.OutOfMemoryError:
         if target.type != "cuda":
             raise
         logger.warning("GPU out of memory; running the network on the GPU and stitching on the CPU instead.")
         torch.cuda.empty_cache()
         try:
-            return _run(network, image, patch, overlaps, 1, target, blend_mode, mixed_precision, progress, cancel,
-                        stitch_device=torch.device("cpu"))
+            return _run(
+                network,
+                image,
+                patch,
+                overlaps,
+                1,
+                target,
+                blend_mode,
+                mixed_precision,
+                progress,
+                cancel,
+                stitch_device=torch.device("cpu"),
+            )
         except torch.cuda.OutOfMemoryError:
             logger.warning("GPU still out of memory; falling back to the CPU (slower).")
             torch.cuda.empty_cache()
-            return _run(network, image, patch, overlaps, batch_size, torch.device("cpu"), blend_mode, False,
-                        progress, cancel)
+            return _run(
+                network,
+                image,
+                patch,
+                overlaps,
+                batch_size,
+                torch.device("cpu"),
+                blend_mode,
+                False,
+                progress,
+                cancel,
+            )
 
 
 def _run(

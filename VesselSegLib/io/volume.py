@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from VesselSegLib.io.atomic import atomic_write_path
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ def read_volume(
             volume = Volume.from_sitk(sitk.ReadImage(str(path)))
         except RuntimeError as error:
             first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-            raise ValueError(f"Cannot read {path}: {first_line}. Is the file complete and in a supported format?") from None
+            raise ValueError(
+                f"Cannot read {path}: {first_line}. Is the file complete and in a supported format?"
+            ) from None
     else:
         raise ValueError(
             f"Unsupported file type {suffix!r} for {path.name}; use one of {', '.join(SUPPORTED_SUFFIXES)}."
@@ -154,7 +157,7 @@ def _read_tiff(path: Path, metadata_path: str | os.PathLike | None) -> Volume:
             imagej = tiff.imagej_metadata if tiff.is_imagej else None
             x_resolution = tiff.pages[0].tags.get("XResolution")
             unit_tag = tiff.pages[0].tags.get("ResolutionUnit")
-    except (tifffile.TiffFileError, ValueError, OSError) as error:
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as error:
         raise ValueError(
             f"Cannot read TIFF {path}: {error}. The file is damaged or not a TIFF; LZW-compressed stacks also "
             "need the 'imagecodecs' package (pip install imagecodecs)."
@@ -183,7 +186,8 @@ def _read_tiff(path: Path, metadata_path: str | os.PathLike | None) -> Volume:
         spacing = (MICROMETRE_IN_MM,) * 3
         logger.warning(
             "TIFF %s has no voxel size in its metadata; assuming 1 um isotropic. Pass the real spacing "
-            "(e.g. --spacing 0.994 0.994 5.0 in um on the command line).", path.name
+            "in mm (e.g. --spacing 0.000994 0.000994 0.005 on the command line).",
+            path.name,
         )
     return Volume(array=array, spacing_xyz=spacing)
 
@@ -200,11 +204,7 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     suffix = _suffix(path)
     if suffix not in SUPPORTED_SUFFIXES or suffix in (".nhdr", ".mhd"):
         raise ValueError(f"Cannot write {path.name}: use .nii.gz, .nii, .nrrd, .mha or .tif.")
-    # Keep the real suffix on the temporary file: SimpleITK picks its writer from it.
-    handle, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
-    temporary = Path(temporary_name)
-    try:
+    with atomic_write_path(path, suffix=suffix) as temporary:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
@@ -223,14 +223,4 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
             )
         else:
             sitk.WriteImage(volume.to_sitk(), str(temporary), useCompression=True)
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; give the usual rights
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

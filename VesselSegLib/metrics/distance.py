@@ -1,10 +1,13 @@
 """Surface distance metrics (Hausdorff distance and its 95th percentile) in millimetres.
 
-Implementation: scipy's exact Euclidean distance transform with ``sampling=spacing_zyx`` (anisotropic
-voxels) computed on the complement of each mask's surface, restricted to the bounding box of both
-masks. MONAI's ``compute_hausdorff_distance`` gives the same numbers (checked in
-Testing/test_metrics.py) but works on the whole volume; cropping first keeps a 128 x 448 x 448 mask
-pair within a few seconds on two cores.
+Surface voxels are the foreground voxels with a background face neighbour (MONAI's ``get_mask_edges``
+definition). Distances between surface voxel centres are exact Euclidean distances in mm, scaled per
+axis by ``spacing_zyx``, found by nearest-neighbour queries in a k-d tree (``scipy.spatial.cKDTree``).
+MONAI's ``compute_hausdorff_distance(..., spacing=...)`` gives the same numbers (checked in
+Testing/test_metrics.py), but it runs a distance transform over the whole volume: on a 128 x 448 x 448
+vessel mask pair with 2 cores, one scipy ``distance_transform_edt`` takes about 6 s and MONAI's HD95
+25 s, against about 1 s per direction for the k-d tree, whose cost grows with the number of surface
+voxels only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from VesselSegLib.metrics.overlap import as_binary_mask, check_same_shape
 
@@ -37,10 +41,15 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def _directed_surface_distances(from_surface: np.ndarray, to_surface: np.ndarray, spacing) -> np.ndarray:
-    """Distance (mm) from every voxel of ``from_surface`` to the nearest voxel of ``to_surface``."""
-    distance_to = ndimage.distance_transform_edt(~to_surface, sampling=spacing)
-    return distance_to[from_surface]
+def _surface_points_mm(surface: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """(N, ndim) physical coordinates (mm) of the voxel centres of ``surface``."""
+    return np.argwhere(surface) * np.asarray(spacing, dtype=np.float64)
+
+
+def _directed_distances(from_points: np.ndarray, to_points: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each point of ``from_points`` to its nearest point of ``to_points``."""
+    distances, _ = cKDTree(to_points).query(from_points, k=1, workers=-1)
+    return distances
 
 
 def surface_distances_mm(
@@ -66,17 +75,48 @@ def surface_distances_mm(
     if not pred.any() or not ref.any():
         raise ValueError("surface_distances_mm needs two non-empty masks; check for empty masks first.")
     # Crop to the bounding box of both masks, padded by one voxel so that the erosion sees the
-    # background around them. Every surface voxel lies inside the box, so the distance transform of
-    # the crop is exact for the distances we read.
+    # background around them; distances between points do not depend on the crop offset.
     union_box = ndimage.find_objects((pred | ref).astype(np.uint8))[0]
     box = tuple(
         slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(union_box, pred.shape, strict=True)
     )
-    pred_surface = _surface(pred[box])
-    ref_surface = _surface(ref[box])
-    return (
-        _directed_surface_distances(pred_surface, ref_surface, spacing),
-        _directed_surface_distances(ref_surface, pred_surface, spacing),
+    pred_points = _surface_points_mm(_surface(pred[box]), spacing)
+    ref_points = _surface_points_mm(_surface(ref[box]), spacing)
+    return _directed_distances(pred_points, ref_points), _directed_distances(ref_points, pred_points)
+
+
+def hausdorff_distances_mm(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    spacing_zyx: Sequence[float],
+    *,
+    percentiles: Sequence[float] = (100.0, 95.0),
+) -> tuple[float, ...]:
+    """Symmetric percentile Hausdorff distances (mm) for several percentiles from one distance pass.
+
+    See :func:`hausdorff_distance_mm` for the definition and the empty-mask conventions.
+
+    Returns
+    -------
+    tuple of float
+        One distance per entry of ``percentiles``, in the same order.
+    """
+    percentiles = tuple(float(p) for p in percentiles)
+    if not all(0.0 < p <= 100.0 for p in percentiles):
+        raise ValueError(f"percentiles must be in (0, 100], got {percentiles!r}.")
+    check_same_shape(prediction, reference)
+    pred = as_binary_mask(prediction, "prediction")
+    ref = as_binary_mask(reference, "reference")
+    _check_spacing(spacing_zyx, pred.ndim)
+    pred_empty, ref_empty = not pred.any(), not ref.any()
+    if pred_empty and ref_empty:
+        return tuple(0.0 for _ in percentiles)
+    if pred_empty or ref_empty:
+        return tuple(math.inf for _ in percentiles)
+    pred_to_ref, ref_to_pred = surface_distances_mm(pred, ref, spacing_zyx)
+    # Percentile of each directed distance set, then the larger of the two (MONAI's convention).
+    return tuple(
+        float(max(np.percentile(pred_to_ref, p), np.percentile(ref_to_pred, p))) for p in percentiles
     )
 
 
@@ -109,21 +149,7 @@ def hausdorff_distance_mm(
         Distance in mm. 0.0 when both masks are empty, ``inf`` when exactly one is empty (the
         distance to an empty set is unbounded).
     """
-    if not 0.0 < float(percentile) <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}.")
-    check_same_shape(prediction, reference)
-    pred = as_binary_mask(prediction, "prediction")
-    ref = as_binary_mask(reference, "reference")
-    _check_spacing(spacing_zyx, pred.ndim)
-    pred_empty, ref_empty = not pred.any(), not ref.any()
-    if pred_empty and ref_empty:
-        return 0.0
-    if pred_empty or ref_empty:
-        return math.inf
-    pred_to_ref, ref_to_pred = surface_distances_mm(pred, ref, spacing_zyx)
-    if percentile == 100.0:
-        return float(max(pred_to_ref.max(), ref_to_pred.max()))
-    return float(max(np.percentile(pred_to_ref, percentile), np.percentile(ref_to_pred, percentile)))
+    return hausdorff_distances_mm(prediction, reference, spacing_zyx, percentiles=(percentile,))[0]
 
 
 def hd95_mm(prediction: np.ndarray, reference: np.ndarray, spacing_zyx: Sequence[float]) -> float:

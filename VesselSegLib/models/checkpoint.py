@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from VesselSegLib.errors import CheckpointError
+from VesselSegLib.io.atomic import atomic_write_path
 from VesselSegLib.models.networks import build_network
 
 CARD_SUFFIX = ".card.json"
@@ -63,13 +63,8 @@ def save_checkpoint(
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"architecture": architecture, "arguments": json.dumps(arguments, sort_keys=True)}
     # Write to a temporary file then rename, so a crash never leaves a half-written checkpoint behind.
-    with tempfile.NamedTemporaryFile(dir=weights_path.parent, suffix=".tmp", delete=False) as temporary:
-        temporary_path = Path(temporary.name)
-    try:
-        save_file(tensors, str(temporary_path), metadata=metadata)
-        os.replace(temporary_path, weights_path)
-    finally:
-        temporary_path.unlink(missing_ok=True)
+    with atomic_write_path(weights_path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     sha256 = sha256_of_file(weights_path)
     full_card = dict(card or {})
     full_card.update(

@@ -27,7 +27,9 @@ def build_network(architecture: str, arguments: dict[str, Any]) -> nn.Module:
         network_class = NETWORK_CLASSES[architecture]
     except KeyError:
         known = ", ".join(sorted(NETWORK_CLASSES))
-        raise ValueError(f"Unknown network architecture {architecture!r}; known architectures: {known}.") from None
+        raise ValueError(
+            f"Unknown network architecture {architecture!r}; known architectures: {known}."
+        ) from None
     try:
         return network_class(**arguments)
     except TypeError as error:

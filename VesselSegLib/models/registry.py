@@ -68,7 +68,9 @@ class ModelEntry:
     def load_network(self) -> nn.Module:
         """Build the network and load its checked weights (SHA256 and architecture)."""
         if self.kind != "network":
-            raise ValueError(f"Method {self.name!r} is a {self.kind} filter, not a network; it has no weights.")
+            raise ValueError(
+                f"Method {self.name!r} is a {self.kind} filter, not a network; it has no weights."
+            )
         return load_checkpoint(
             self.weights_path,
             expected_sha256=self.sha256,
@@ -98,9 +100,13 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
             directory=directory,
         )
     except KeyError as missing:
-        raise ValueError(f"Model registry entry {raw.get('name', raw)!r} lacks the field {missing}.") from None
+        raise ValueError(
+            f"Model registry entry {raw.get('name', raw)!r} lacks the field {missing}."
+        ) from None
     if entry.kind not in METHOD_KINDS:
-        raise ValueError(f"Model registry entry {entry.name!r} has kind {entry.kind!r}; use one of {METHOD_KINDS}.")
+        raise ValueError(
+            f"Model registry entry {entry.name!r} has kind {entry.kind!r}; use one of {METHOD_KINDS}."
+        )
     for class_name in entry.vessel_classes:
         vessel_class(class_name)  # raises on unknown class names
     if entry.kind == "network" and not (entry.architecture and entry.weights and entry.sha256):

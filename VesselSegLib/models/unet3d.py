@@ -74,7 +74,9 @@ class UNet3D(nn.Module):
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for width in reversed(widths[:-1]):
-            self.upsamplers.append(nn.ConvTranspose3d(width * 2, width, kernel_size=pool_kernel, stride=pool_kernel))
+            self.upsamplers.append(
+                nn.ConvTranspose3d(width * 2, width, kernel_size=pool_kernel, stride=pool_kernel)
+            )
             self.decoders.append(_double_conv(width * 2, width))
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
 

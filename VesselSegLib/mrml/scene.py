@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 # Objects that must live as long as their scene (the segmentations logic owns the converter registration
-# and the observer callback must not be garbage collected). Keyed by the scene's address.
+# and the observer callbacks must not be garbage collected), keyed by the scene's address. They hold the
+# scene, so a prepared scene lives until release_headless_scene; the weak reference guards against a
+# new scene reusing a released one's address.
 _SCENE_HELPERS: dict[str, tuple] = {}
 
 
@@ -97,7 +99,7 @@ def prepare_headless_scene(scene) -> None:
       item ID given").
     """
     key = scene.GetAddressAsString("vtkMRMLScene")
-    if key in _SCENE_HELPERS:
+    if key in _SCENE_HELPERS and _SCENE_HELPERS[key][0].Get() is scene:
         return
     segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
     segmentations_logic.SetMRMLScene(scene)
@@ -109,9 +111,29 @@ def prepare_headless_scene(scene) -> None:
         color_logic.AddDefaultColorNodes()
     slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # creates it when missing
     on_added, on_removed = _hierarchy_callbacks(scene)
-    scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, on_added)
-    scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, on_removed)
-    _SCENE_HELPERS[key] = (segmentations_logic, application_logic, on_added, on_removed)
+    tags = (
+        scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, on_added),
+        scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, on_removed),
+    )
+    reference = vtk.vtkWeakReference()
+    reference.Set(scene)
+    _SCENE_HELPERS[key] = (reference, segmentations_logic, application_logic, tags)
+
+
+def release_headless_scene(scene) -> None:
+    """Undo ``prepare_headless_scene``'s observers and logics so that the scene can be freed."""
+    helpers = _SCENE_HELPERS.pop(scene.GetAddressAsString("vtkMRMLScene"), None)
+    if helpers is None or helpers[0].Get() is not scene:
+        return
+    _reference, segmentations_logic, application_logic, tags = helpers
+    for tag in tags:
+        scene.RemoveObserver(tag)
+    segmentations_logic.SetMRMLScene(None)
+    if application_logic.GetColorLogic() is not None:
+        application_logic.GetColorLogic().SetMRMLScene(None)
+    application_logic.SetMRMLScene(None)
+    if getattr(slicer, "mrmlScene", None) is scene and not hasattr(slicer, "app"):
+        slicer.mrmlScene = None
 
 
 def create_headless_scene():

@@ -214,7 +214,9 @@ def render_2pm(tree: VesselTree, *, seed: int = 0) -> np.ndarray:
     fluor = background * np.clip(
         # Correlation length of ~15 in-plane voxels: expressed in voxels so the texture does not depend on
         # whether the stack's spacing is given in um or mm.
-        1.0 + background_texture * _smooth_field(shape, spacing, 15.0 * spacing[2], rng), 0.2, None
+        1.0 + background_texture * _smooth_field(shape, spacing, 15.0 * spacing[2], rng),
+        0.2,
+        None,
     )
     signal = fluor + lumen
     # Blood (haemoglobin) absorbs and scatters the excitation light: everything below a vessel along +Z

@@ -45,7 +45,9 @@ def render_preview(
         picture[projection] = (1 - OVERLAY_OPACITY) * picture[projection] + OVERLAY_OPACITY * color
     aspect = float(spacing_zyx[1]) / float(spacing_zyx[2])
     if not 0.95 < aspect < 1.05:  # nearest-neighbour row stretch keeps labels crisp
-        rows = np.clip(np.round(np.arange(int(round(picture.shape[0] * aspect))) / aspect), 0, picture.shape[0] - 1)
+        rows = np.clip(
+            np.round(np.arange(int(round(picture.shape[0] * aspect))) / aspect), 0, picture.shape[0] - 1
+        )
         picture = picture[rows.astype(int)]
     return picture
 
@@ -76,7 +78,10 @@ def write_preview(
     present = [c for c in VESSEL_CLASSES if (class_map == c.label_value).any()]
     figure.legend(
         handles=[Patch(color=c.color_rgb, label=c.display_name) for c in present],
-        loc="lower center", ncol=max(len(present), 1), frameon=False, fontsize=9,
+        loc="lower center",
+        ncol=max(len(present), 1),
+        frameon=False,
+        fontsize=9,
     )
     path = Path(path)
     figure.savefig(path)

@@ -1,0 +1,118 @@
+"""End-to-end speed and peak memory of ``vesselseg segment`` (read, infer, write) on a TOF-MRA phantom.
+
+    python benchmarks/benchmark_segment.py [--shape 128 448 448] [--methods unet3d-baseline frangi] [--device cpu]
+
+Each method runs in its own ``vesselseg segment`` process, so the peak resident memory measured is that of
+the whole command (``resource.getrusage(RUSAGE_CHILDREN)`` after each child). The phantom's labels are
+passed as ``--reference`` so the table also shows the quality each method reaches on it. 448 x 448 x 128 is
+the size of the TubeTK MRA volumes the VC-Net paper uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from VesselSegLib.io import Volume, write_volume
+from VesselSegLib.models.registry import ModelRegistry
+from VesselSegLib.phantoms import make_phantom_case
+
+
+def _run_method(input_path: Path, reference: Path, method: str, out: Path, device: str) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "VesselSegLib.cli.main",
+        "segment",
+        str(input_path),
+        "--modality",
+        "TOF-MRA",
+        "--method",
+        method,
+        "--out",
+        str(out),
+        "--reference",
+        str(reference),
+        "--device",
+        device,
+        "--quiet",
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if completed.returncode != 0:
+        raise SystemExit(f"{method} failed: {completed.stderr.strip()}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "wall_s": wall,
+        "peak_rss_mib": peak_kib / 1024 if peak_kib > before else float("nan"),
+        "summary": summary,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", nargs=3, type=int, default=(128, 448, 448), metavar=("Z", "Y", "X"))
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="Registry names (default: TOF default + frangi)."
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    registry = ModelRegistry.default()
+    methods = args.methods or list(dict.fromkeys([registry.default_for("TOF-MRA").name, "frangi"]))
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        case = make_phantom_case("TOF-MRA", tuple(args.shape), seed=args.seed)
+        spacing_xyz = tuple(reversed(case.spacing_zyx))
+        image = np.clip(np.round(case.image / np.percentile(case.image, 99.9) * 1500), 0, 4095).astype(
+            np.int16
+        )
+        input_path = write_volume(Volume(image, spacing_xyz), folder / "phantom.nrrd")
+        reference = write_volume(Volume(case.class_map, spacing_xyz), folder / "reference.nrrd")
+        voxels = int(np.prod(args.shape))
+        rows = []
+        for method in methods:
+            run = _run_method(input_path, reference, method, folder / f"out-{method}", args.device)
+            summary = run["summary"]
+            metrics = summary["metrics_against_reference"]
+            rows.append((method, run["wall_s"], summary["run_time_s"], run["peak_rss_mib"], metrics))
+
+    print(
+        f"# vesselseg segment on a {' x '.join(map(str, args.shape))} TOF-MRA phantom (seed {args.seed}), "
+        f"{voxels / 1e6:.1f} Mvoxels; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"device {args.device}"
+    )
+    print(
+        "| method | wall s (process) | segment s | Mvoxel/s (wall) | peak RSS MiB | Dice vessel | clDice vessel |"
+        " Dice artery | Dice vein | Dice micro |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for method, wall, times, peak, metrics in rows:
+        vessel = metrics.get("vessel", {})
+        per_class = [
+            f"{metrics[name]['dice']:.3f}" if name in metrics else "-" for name in ("artery", "vein", "micro")
+        ]
+        print(
+            f"| {method} | {wall:.1f} | {times['segment']:.1f} | {voxels / wall / 1e6:.2f} | {peak:.0f} | "
+            f"{vessel.get('dice', float('nan')):.3f} | {vessel.get('cldice', float('nan')):.3f} | "
+            + " | ".join(per_class)
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Score registry methods on the phantom test set and on held-out VesselNN cases, with the same code.
+
+    python benchmarks/evaluate_methods.py [--methods unet3d-baseline frangi] [--json scores.json]
+
+Phantom test set: TOF-MRA phantoms with seeds never used in training (``TEST_SEEDS``), scored per class
+(artery, vein, micro) and for all vessels. VesselNN: the held-out two-photon case(s), binary labels, scored
+as "vessel" (any class) with the 2PM preset. Prints a Markdown table; ``--json`` also writes the numbers
+for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from VesselSegLib.inference.pipeline import segment_image
+from VesselSegLib.io import read_volume
+from VesselSegLib.metrics import evaluate_class_maps
+from VesselSegLib.models.registry import ModelRegistry
+from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.resources import vesselnn_dir
+
+TEST_SEEDS = (9001, 9002, 9003, 9004)
+TEST_SHAPE_ZYX = (64, 160, 160)
+VESSELNN_HELD_OUT = ("burgess2014_tgMouse",)
+METRICS = ("dice", "cldice", "precision", "sensitivity", "mcc", "hd95_mm")
+
+
+def _mean(values):
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def evaluate_phantoms(method: str, registry: ModelRegistry) -> dict[str, dict[str, float]]:
+    per_case = []
+    for seed in TEST_SEEDS:
+        case = make_phantom_case("TOF-MRA", TEST_SHAPE_ZYX, seed=seed)
+        result = segment_image(
+            case.image,
+            case.spacing_zyx,
+            modality="TOF-MRA",
+            method=method,
+            registry=registry,
+            keep_probabilities=False,
+            device="cpu",
+        )
+        per_case.append(
+            evaluate_class_maps(
+                result.class_map, case.class_map, case.spacing_zyx, class_names=result.vessel_classes
+            )
+        )
+    keys = per_case[0].keys()
+    return {key: {m: _mean([c[key][m] for c in per_case]) for m in METRICS} for key in keys}
+
+
+def evaluate_vesselnn(method: str, registry: ModelRegistry, root: Path) -> dict[str, dict[str, float]]:
+    scores = {}
+    for name in VESSELNN_HELD_OUT:
+        image = read_volume(
+            root / "images" / f"{name}.tif", metadata_path=root / "metadata" / f"{name}.xml.txt"
+        )
+        labels = read_volume(root / "labels" / f"{name}.tif").array > 0
+        result = segment_image(
+            image.array,
+            image.spacing_zyx,
+            modality="2PM",
+            method=method,
+            registry=registry,
+            keep_probabilities=False,
+            device="cpu",
+        )
+        scores[name] = evaluate_class_maps(
+            result.class_map, labels.astype(np.uint8), image.spacing_zyx, class_names=()
+        )["vessel"]
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument(
+        "--vesselnn", type=Path, default=None, help="VesselNN folder (default $VESSELSEG_VESSELNN)."
+    )
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    registry = ModelRegistry.default()
+    methods = args.methods or [e.name for e in registry.entries()]
+    root = args.vesselnn or vesselnn_dir()
+    report = {}
+    for method in methods:
+        started = time.perf_counter()
+        report[method] = {"phantom_tof_mra": evaluate_phantoms(method, registry)}
+        if root.is_dir() and "2PM" in registry.get(method).modalities:
+            report[method]["vesselnn"] = evaluate_vesselnn(method, registry, root)
+        report[method]["seconds"] = time.perf_counter() - started
+
+    print(f"# Phantom test set: {len(TEST_SEEDS)} TOF-MRA phantoms {TEST_SHAPE_ZYX}, seeds {TEST_SEEDS}")
+    print("| method | class | " + " | ".join(METRICS) + " |")
+    print("|---|---|" + "---|" * len(METRICS))
+    for method, scores in report.items():
+        for key, values in scores["phantom_tof_mra"].items():
+            print(f"| {method} | {key} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
+    if any("vesselnn" in s for s in report.values()):
+        print(f"\n# VesselNN held-out case(s) {VESSELNN_HELD_OUT}, 2PM preset, all vessels")
+        print("| method | case | " + " | ".join(METRICS) + " |")
+        print("|---|---|" + "---|" * len(METRICS))
+        for method, scores in report.items():
+            for name, values in scores.get("vesselnn", {}).items():
+                print(f"| {method} | {name} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

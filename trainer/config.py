@@ -1,0 +1,608 @@
+"""Training configuration: a TOML file read into frozen dataclasses, checked key by key.
+
+A configuration has four tables::
+
+    [model]      architecture = "UNet3D", arguments = {...}
+    [data]       vessel_classes = ["artery", "vein", "micro"], training = [...sources], validation = [...]
+    [training]   epochs, patches_per_epoch, batch_size, patch_size_zyx, learning_rate, ...
+    [output]     run_dir = "runs/unet3d_default"
+
+A data source is either a set of synthetic phantoms made on the fly::
+
+    {kind = "phantom", modality = "TOF-MRA", count = 24, shape_zyx = [64, 128, 128], seed = 1000,
+     spacing_zyx = [0.8, 0.5, 0.5], class_remap = {artery = "micro", vein = "micro"}}
+
+or image/label files::
+
+    {kind = "files", modality = "2PM", root = "${VESSELSEG_VESSELNN:-data/vesselnn}",
+     images = "images/*.tif", labels = "labels", exclude = ["burgess2014_tgMouse"], binary_class = "micro"}
+
+``root`` may use ``${VAR}`` / ``${VAR:-default}`` so that each machine points it at its own copy of the data;
+the command line's ``--data-root`` replaces it for every file source. A relative root is resolved against
+the folder of the configuration file.
+
+Any unknown key, missing key or bad value raises ValueError naming the key (``training.batch_size``,
+``data.training[2].modality``) and what it accepts.
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from VesselSegLib.models.networks import NETWORK_CLASSES
+from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
+from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (pyproject allows it) has no tomllib; tomli is the same parser as a package
+    import tomli as tomllib
+
+LOSSES = ("dice", "dice_bce")
+DEVICES = ("auto", "cpu", "cuda")
+#: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
+PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
+#: Remapping a phantom class to this drops it (its voxels become background in every channel).
+DROP_CLASS = "none"
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network class name (``VesselSegLib.models.networks.NETWORK_CLASSES``) and constructor arguments."""
+
+    architecture: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PhantomSource:
+    """``count`` synthetic phantoms with seeds ``seed, seed + 1, ...``.
+
+    ``class_remap`` maps a phantom class name (artery, vein, micro) to a model class name or "none".
+    """
+
+    modality: str
+    count: int
+    shape_zyx: tuple[int, int, int]
+    seed: int
+    spacing_zyx: tuple[float, float, float] | None = None
+    class_remap: dict[str, str] = field(default_factory=dict)
+    weight: float | None = None
+    kind: str = "phantom"
+
+    def describe(self) -> str:
+        remap = f", classes remapped {self.class_remap}" if self.class_remap else ""
+        return (
+            f"{self.count} synthetic {self.modality} phantoms {list(self.shape_zyx)} (seeds {self.seed}.."
+            f"{self.seed + self.count - 1}){remap}"
+        )
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Image/label file pairs, resolved to absolute paths.
+
+    Labels map onto model classes either by value (``label_map``: label value -> class name) or all
+    non-zero voxels onto one class (``binary_class``).
+    """
+
+    modality: str
+    images: tuple[Path, ...]
+    labels: tuple[Path, ...]
+    root: Path
+    label_map: dict[int, str] = field(default_factory=dict)
+    binary_class: str | None = None
+    metadata: tuple[Path | None, ...] = ()
+    spacing_xyz: tuple[float, float, float] | None = None
+    weight: float | None = None
+    kind: str = "files"
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> str:
+        names = ", ".join(path.stem for path in self.images)
+        mapping = f"binary -> {self.binary_class}" if self.binary_class else f"labels {self.label_map}"
+        return f"{self.count} {self.modality} file cases ({names}) from {self.root}, {mapping}"
+
+
+Source = PhantomSource | FileSource
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    vessel_classes: tuple[str, ...]
+    training: tuple[Source, ...]
+    validation: tuple[Source, ...]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings; defaults follow VC-Net (Adam 1e-4, LR x0.5 after 10 flat epochs, batch 4)."""
+
+    epochs: int
+    patches_per_epoch: int
+    patch_size_zyx: tuple[int, int, int]
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    lr_decay_factor: float = 0.5
+    lr_patience: int = 10
+    early_stop_patience: int = 30
+    loss: str = "dice"
+    seed: int = 0
+    num_threads: int = 2
+    device: str = "auto"
+    foreground_fraction: float = 0.5
+    augment: bool = True
+    validation_overlap: float = 0.25
+    validation_threshold: float = 0.5
+    init_weights: Path | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole configuration. ``raw`` is the parsed TOML, kept for the model card and the run record."""
+
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig
+    output: OutputConfig
+    source_path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def with_overrides(self, *, run_dir: Path | None = None, epochs: int | None = None) -> TrainConfig:
+        """A copy with the command line's ``--run-dir`` / ``--epochs`` applied."""
+        config = self
+        if run_dir is not None:
+            config = replace(config, output=OutputConfig(run_dir=Path(run_dir)))
+        if epochs is not None:
+            if epochs < 1:
+                raise ValueError(f"--epochs must be >= 1, got {epochs}.")
+            config = replace(config, training=replace(config.training, epochs=int(epochs)))
+        return config
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def expand_environment(text: str) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` like a POSIX shell; an unset VAR without default raises."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise ValueError(f"Environment variable {name} is not set; set it or write ${{{name}:-DEFAULT}}.")
+
+    return _ENV_PATTERN.sub(substitute, text)
+
+
+def _check_keys(table: dict[str, Any], where: str, allowed: set[str], required: set[str]) -> None:
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table, got {type(table).__name__}.")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ValueError(
+            f"Unknown key {where}.{unknown[0]}; allowed keys in [{where}] are: {', '.join(sorted(allowed))}."
+        )
+    missing = sorted(required - set(table))
+    if missing:
+        raise ValueError(f"Missing key {where}.{missing[0]}.")
+
+
+def _integer(value: Any, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def _number(value: Any, key: str, low: float, high: float, *, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a number, got {value!r}.")
+    if value > high or value < low or (open_low and value == low):
+        bracket = "(" if open_low else "["
+        raise ValueError(f"{key} must be in {bracket}{low}, {high}], got {value}.")
+    return float(value)
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...] | list[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+    return str(value)
+
+
+def _triple(value: Any, key: str, *, integer: bool, minimum: float) -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ValueError(f"{key} must be a list of 3 numbers (Z, Y, X), got {value!r}.")
+    items = []
+    for item in value:
+        if integer:
+            items.append(_integer(item, key, int(minimum)))
+        else:
+            items.append(_number(item, key, minimum, math.inf, open_low=True))
+    return tuple(items)
+
+
+def _class_name(value: Any, key: str, vessel_classes: tuple[str, ...]) -> str:
+    return _choice(value, key, list(vessel_classes))
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def _phantom_source(table: dict[str, Any], where: str, vessel_classes: tuple[str, ...]) -> PhantomSource:
+    _check_keys(
+        table,
+        where,
+        {"kind", "modality", "count", "shape_zyx", "seed", "spacing_zyx", "class_remap", "weight"},
+        {"kind", "modality", "count", "shape_zyx", "seed"},
+    )
+    remap_raw = table.get("class_remap", {})
+    _check_keys(remap_raw, f"{where}.class_remap", set(PHANTOM_LABELS), set())
+    remap = {
+        name: _choice(target, f"{where}.class_remap.{name}", [*vessel_classes, DROP_CLASS])
+        for name, target in remap_raw.items()
+    }
+    # A phantom class the model does not predict must be remapped (or dropped) explicitly.
+    for name in PHANTOM_LABELS:
+        if name not in remap and name not in vessel_classes:
+            raise ValueError(
+                f"{where}.class_remap must map phantom class {name!r} onto one of {list(vessel_classes)} or "
+                f"{DROP_CLASS!r}: the model does not predict {name!r}."
+            )
+    spacing = table.get("spacing_zyx")
+    return PhantomSource(
+        modality=_choice(table["modality"], f"{where}.modality", list(MODALITY_PRESETS)),
+        count=_integer(table["count"], f"{where}.count", 1),
+        shape_zyx=_triple(table["shape_zyx"], f"{where}.shape_zyx", integer=True, minimum=16),
+        seed=_integer(table["seed"], f"{where}.seed", 0),
+        spacing_zyx=None
+        if spacing is None
+        else _triple(spacing, f"{where}.spacing_zyx", integer=False, minimum=0),
+        class_remap=remap,
+        weight=None
+        if "weight" not in table
+        else _number(table["weight"], f"{where}.weight", 0, 1e9, open_low=True),
+    )
+
+
+def _resolve_root(raw_root: str, where: str, base_dir: Path, data_root: Path | None) -> Path:
+    if data_root is not None:
+        return Path(data_root).expanduser().resolve()
+    if not isinstance(raw_root, str):
+        raise ValueError(f"{where}.root must be a string path, got {raw_root!r}.")
+    try:
+        root = Path(expand_environment(raw_root)).expanduser()
+    except ValueError as error:
+        raise ValueError(f"{where}.root: {error}") from None
+    return root if root.is_absolute() else (base_dir / root).resolve()
+
+
+def _file_source(
+    table: dict[str, Any], where: str, vessel_classes: tuple[str, ...], base_dir: Path, data_root: Path | None
+) -> FileSource:
+    _check_keys(
+        table,
+        where,
+        {
+            "kind",
+            "modality",
+            "root",
+            "images",
+            "labels",
+            "exclude",
+            "label_map",
+            "binary_class",
+            "metadata",
+            "spacing_xyz",
+            "weight",
+        },
+        {"kind", "modality", "images", "labels"},
+    )
+    root = _resolve_root(table.get("root", "."), where, base_dir, data_root)
+    if not root.is_dir():
+        raise ValueError(
+            f"{where}.root: data folder {root} does not exist; pass --data-root DIR or set the environment "
+            "variable the configuration names (e.g. VESSELSEG_VESSELNN)."
+        )
+    exclude = table.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+        raise ValueError(f"{where}.exclude must be a list of file stems, got {exclude!r}.")
+    images_raw = table["images"]
+    if isinstance(images_raw, str):
+        images = [Path(p) for p in sorted(globbing.glob(str(root / images_raw)))]
+        if not images:
+            raise ValueError(f"{where}.images: pattern {images_raw!r} matches no file under {root}.")
+    elif isinstance(images_raw, list) and images_raw and all(isinstance(p, str) for p in images_raw):
+        images = [root / p for p in images_raw]
+    else:
+        raise ValueError(
+            f"{where}.images must be a glob pattern or a non-empty list of paths, got {images_raw!r}."
+        )
+    keep = [i for i, path in enumerate(images) if _stem(path) not in exclude]
+    unknown_excluded = sorted(set(exclude) - {_stem(path) for path in images})
+    if unknown_excluded:
+        raise ValueError(f"{where}.exclude names {unknown_excluded[0]!r}, which is not among the images.")
+    images = [images[i] for i in keep]
+    if not images:
+        raise ValueError(f"{where}: every image is excluded; keep at least one.")
+    labels_raw = table["labels"]
+    if isinstance(labels_raw, str):  # a folder holding labels with the images' file names
+        labels = [root / labels_raw / path.name for path in images]
+    elif isinstance(labels_raw, list) and all(isinstance(p, str) for p in labels_raw):
+        if len(labels_raw) != len(images_raw if isinstance(images_raw, list) else []):
+            raise ValueError(f"{where}.labels must list one label file per image ({len(images)} images).")
+        labels = [root / labels_raw[i] for i in keep]
+    else:
+        raise ValueError(f"{where}.labels must be a folder name or a list of paths, got {labels_raw!r}.")
+    for key, paths in (("images", images), ("labels", labels)):
+        for path in paths:
+            if not path.is_file():
+                raise ValueError(f"{where}.{key}: file {path} does not exist.")
+    metadata_dir = table.get("metadata")
+    if metadata_dir is not None and not isinstance(metadata_dir, str):
+        raise ValueError(f"{where}.metadata must be a folder name, got {metadata_dir!r}.")
+    metadata: list[Path | None] = []
+    for path in images:
+        candidate = None if metadata_dir is None else root / metadata_dir / f"{_stem(path)}.xml.txt"
+        metadata.append(candidate if candidate is not None and candidate.is_file() else None)
+    has_map, has_binary = "label_map" in table, "binary_class" in table
+    if has_map == has_binary:
+        raise ValueError(f"{where} needs exactly one of label_map (value -> class) or binary_class.")
+    label_map: dict[int, str] = {}
+    if has_map:
+        raw_map = table["label_map"]
+        if not isinstance(raw_map, dict) or not raw_map:
+            raise ValueError(f'{where}.label_map must be a table like {{"255" = "micro"}}, got {raw_map!r}.')
+        for value, name in raw_map.items():
+            try:
+                label_value = int(value)
+            except ValueError:
+                raise ValueError(f"{where}.label_map key {value!r} must be an integer label value.") from None
+            label_map[label_value] = _class_name(name, f"{where}.label_map.{value}", vessel_classes)
+    binary_class = None
+    if has_binary:
+        binary_class = _class_name(table["binary_class"], f"{where}.binary_class", vessel_classes)
+    spacing = table.get("spacing_xyz")
+    return FileSource(
+        modality=_choice(table["modality"], f"{where}.modality", list(MODALITY_PRESETS)),
+        images=tuple(images),
+        labels=tuple(labels),
+        root=root,
+        label_map=label_map,
+        binary_class=binary_class,
+        metadata=tuple(metadata),
+        spacing_xyz=None
+        if spacing is None
+        else _triple(spacing, f"{where}.spacing_xyz", integer=False, minimum=0),
+        weight=None
+        if "weight" not in table
+        else _number(table["weight"], f"{where}.weight", 0, 1e9, open_low=True),
+    )
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".ome.tif", ".ome.tiff"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _sources(
+    value: Any, where: str, vessel_classes: tuple[str, ...], base_dir: Path, data_root: Path | None
+) -> tuple[Source, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"{where} must be a non-empty list of sources ({{kind = 'phantom' | 'files', ...}})."
+        )
+    sources: list[Source] = []
+    for index, table in enumerate(value):
+        key = f"{where}[{index}]"
+        if not isinstance(table, dict):
+            raise ValueError(f"{key} must be a table, got {table!r}.")
+        kind = _choice(table.get("kind"), f"{key}.kind", ["phantom", "files"])
+        if kind == "phantom":
+            sources.append(_phantom_source(table, key, vessel_classes))
+        else:
+            sources.append(_file_source(table, key, vessel_classes, base_dir, data_root))
+    return tuple(sources)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def parse_config(
+    raw: dict[str, Any],
+    *,
+    base_dir: Path | str = ".",
+    data_root: Path | str | None = None,
+    source_path: Path | None = None,
+) -> TrainConfig:
+    """Check a parsed TOML document and build the :class:`TrainConfig`.
+
+    Parameters
+    ----------
+    raw : dict
+        The TOML document.
+    base_dir : path
+        Folder that relative ``root`` and ``init_weights`` paths are resolved against.
+    data_root : path, optional
+        Replaces the ``root`` of every file source (the ``--data-root`` flag).
+    """
+    base_dir = Path(base_dir)
+    data_root = None if data_root is None else Path(data_root)
+    _check_keys(
+        raw, "config", {"model", "data", "training", "output"}, {"model", "data", "training", "output"}
+    )
+
+    model_raw = raw["model"]
+    _check_keys(model_raw, "model", {"architecture", "arguments"}, {"architecture"})
+    architecture = _choice(model_raw["architecture"], "model.architecture", sorted(NETWORK_CLASSES))
+    arguments = model_raw.get("arguments", {})
+    if not isinstance(arguments, dict):
+        raise ValueError(f"model.arguments must be a table, got {arguments!r}.")
+
+    data_raw = raw["data"]
+    _check_keys(
+        data_raw,
+        "data",
+        {"vessel_classes", "training", "validation"},
+        {"vessel_classes", "training", "validation"},
+    )
+    classes_raw = data_raw["vessel_classes"]
+    if not isinstance(classes_raw, list) or not classes_raw or len(set(classes_raw)) != len(classes_raw):
+        raise ValueError(
+            f"data.vessel_classes must be a non-empty list of distinct names, got {classes_raw!r}."
+        )
+    vessel_classes = tuple(
+        _choice(name, "data.vessel_classes", list(VESSEL_CLASS_BY_NAME)) for name in classes_raw
+    )
+    if arguments.get("out_channels", len(vessel_classes)) != len(vessel_classes):
+        raise ValueError(
+            f"model.arguments.out_channels is {arguments['out_channels']} but data.vessel_classes names "
+            f"{len(vessel_classes)} classes; they must match (one output channel per class)."
+        )
+    arguments = {**arguments, "out_channels": len(vessel_classes)}
+    data = DataConfig(
+        vessel_classes=vessel_classes,
+        training=_sources(data_raw["training"], "data.training", vessel_classes, base_dir, data_root),
+        validation=_sources(data_raw["validation"], "data.validation", vessel_classes, base_dir, data_root),
+    )
+
+    t = raw["training"]
+    allowed = {f for f in TrainingConfig.__dataclass_fields__}
+    _check_keys(t, "training", allowed, {"epochs", "patches_per_epoch", "patch_size_zyx"})
+    init_weights = t.get("init_weights")
+    if init_weights is not None:
+        if not isinstance(init_weights, str):
+            raise ValueError(f"training.init_weights must be a path string, got {init_weights!r}.")
+        init_path = Path(expand_environment(init_weights)).expanduser()
+        init_weights = init_path if init_path.is_absolute() else (base_dir / init_path).resolve()
+        if not init_weights.name.endswith(".safetensors") or not init_weights.is_file():
+            raise ValueError(f"training.init_weights: {init_weights} is not an existing .safetensors file.")
+    defaults = TrainingConfig(epochs=1, patches_per_epoch=1, patch_size_zyx=(16, 16, 16))
+    training = TrainingConfig(
+        epochs=_integer(t["epochs"], "training.epochs", 1),
+        patches_per_epoch=_integer(t["patches_per_epoch"], "training.patches_per_epoch", 1),
+        patch_size_zyx=_triple(t["patch_size_zyx"], "training.patch_size_zyx", integer=True, minimum=1),
+        batch_size=_integer(t.get("batch_size", defaults.batch_size), "training.batch_size", 1),
+        learning_rate=_number(
+            t.get("learning_rate", defaults.learning_rate), "training.learning_rate", 0, 1, open_low=True
+        ),
+        lr_decay_factor=_number(
+            t.get("lr_decay_factor", defaults.lr_decay_factor),
+            "training.lr_decay_factor",
+            0,
+            0.999,
+            open_low=True,
+        ),
+        lr_patience=_integer(t.get("lr_patience", defaults.lr_patience), "training.lr_patience", 0),
+        early_stop_patience=_integer(
+            t.get("early_stop_patience", defaults.early_stop_patience), "training.early_stop_patience", 1
+        ),
+        loss=_choice(t.get("loss", defaults.loss), "training.loss", LOSSES),
+        seed=_integer(t.get("seed", defaults.seed), "training.seed", 0),
+        num_threads=_integer(t.get("num_threads", defaults.num_threads), "training.num_threads", 1),
+        device=_choice(t.get("device", defaults.device), "training.device", DEVICES),
+        foreground_fraction=_number(
+            t.get("foreground_fraction", defaults.foreground_fraction), "training.foreground_fraction", 0, 1
+        ),
+        augment=_boolean(t.get("augment", defaults.augment), "training.augment"),
+        validation_overlap=_number(
+            t.get("validation_overlap", defaults.validation_overlap), "training.validation_overlap", 0, 0.95
+        ),
+        validation_threshold=_number(
+            t.get("validation_threshold", defaults.validation_threshold),
+            "training.validation_threshold",
+            0,
+            1,
+            open_low=True,
+        ),
+        init_weights=init_weights,
+    )
+
+    out = raw["output"]
+    _check_keys(out, "output", {"run_dir"}, {"run_dir"})
+    if not isinstance(out["run_dir"], str) or not out["run_dir"]:
+        raise ValueError(f"output.run_dir must be a non-empty path string, got {out['run_dir']!r}.")
+    run_dir = Path(expand_environment(out["run_dir"])).expanduser()
+    return TrainConfig(
+        model=ModelConfig(architecture=architecture, arguments=arguments),
+        data=data,
+        training=training,
+        output=OutputConfig(run_dir=run_dir),
+        source_path=source_path,
+        raw=raw,
+    )
+
+
+def _boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}.")
+    return value
+
+
+def load_config(path: str | os.PathLike, *, data_root: str | os.PathLike | None = None) -> TrainConfig:
+    """Read and check the TOML configuration at ``path``.
+
+    Relative data roots and ``init_weights`` resolve against the configuration file's folder; the run
+    folder (``output.run_dir``) resolves against the current directory, like any output path of a CLI.
+
+    Raises
+    ------
+    ValueError
+        Unreadable file, TOML syntax error, or a bad key/value (the message names the key).
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ValueError(f"Cannot read configuration {path}: {error.strerror}.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"Configuration {path} is not valid TOML: {error}.") from None
+    return parse_config(
+        raw,
+        base_dir=path.resolve().parent,
+        data_root=None if data_root is None else Path(data_root),
+        source_path=path.resolve(),
+    )
+
+
+__all__ = [
+    "DROP_CLASS",
+    "LOSSES",
+    "DataConfig",
+    "FileSource",
+    "ModelConfig",
+    "OutputConfig",
+    "PhantomSource",
+    "Source",
+    "TrainConfig",
+    "TrainingConfig",
+    "expand_environment",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,327 @@
+"""Training cases (normalised image + per-class target) and the random patch sampler.
+
+Every case goes through :func:`VesselSegLib.preprocessing.normalize_intensity` with its modality's preset,
+the same normalisation inference applies, so the network sees the same intensity range in training and use.
+
+Targets have one channel per model vessel class, in ``data.vessel_classes`` order: ``(C, Z, Y, X)`` uint8.
+A source's labels map onto those channels (phantom ``class_remap``, file ``label_map`` / ``binary_class``);
+channels a source says nothing about are 0, e.g. a two-photon stack labelled "vessel" fills only "micro".
+
+Patch sampling follows TorchIO's split: :meth:`PatchSampler.draw` takes all random decisions from a NumPy
+generator into a :class:`PatchSpec`; :meth:`PatchSampler.extract` applies one deterministically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.config import DROP_CLASS, PHANTOM_LABELS, FileSource, PhantomSource, Source
+from VesselSegLib.io import read_volume
+from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.preprocessing import normalize_intensity
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """One normalised volume with its targets.
+
+    Attributes
+    ----------
+    name : str
+    image : ndarray of float32, shape (Z, Y, X)
+        Normalised intensities (bright vessels, roughly [0, 1]).
+    target : ndarray of uint8, shape (C, Z, Y, X)
+        1 where a voxel belongs to the model's class ``c``.
+    spacing_zyx : tuple of 3 float
+        Voxel size in the modality's length unit (mm for MRA/SWI).
+    modality : str
+    box : tuple of 3 (start, stop)
+        Region uniform patch centres are drawn from: brain mask and vessels' bounding box.
+    vessel_voxels : ndarray of int64
+        Flat indices of voxels that are vessel in any channel (centres of foreground patches).
+    """
+
+    name: str
+    image: np.ndarray
+    target: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    modality: str
+    box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    vessel_voxels: np.ndarray
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Every random choice behind one training patch (start may be negative: zero padding)."""
+
+    case_index: int
+    start_zyx: tuple[int, int, int]
+    flip_y: bool = False
+    flip_x: bool = False
+    transpose_yx: bool = False
+    intensity_scale: float = 1.0
+    intensity_shift: float = 0.0
+
+
+_CASE_CACHE: dict[tuple[str, tuple[str, ...]], list[TrainingCase]] = {}
+
+
+def clear_case_cache() -> None:
+    """Forget the cases kept in memory (phantoms are otherwise made once per process)."""
+    _CASE_CACHE.clear()
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    if not mask.any():
+        return tuple((0, n) for n in mask.shape)  # type: ignore[return-value]
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _make_case(
+    name: str,
+    image: np.ndarray,
+    target: np.ndarray,
+    spacing_zyx: Sequence[float],
+    modality: str,
+    region: np.ndarray | None,
+) -> TrainingCase:
+    vessel = target.any(axis=0)
+    region = vessel if region is None else (region | vessel)
+    return TrainingCase(
+        name=name,
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        target=np.ascontiguousarray(target, dtype=np.uint8),
+        spacing_zyx=tuple(float(s) for s in spacing_zyx),
+        modality=modality,
+        box=_bounding_box(region),
+        vessel_voxels=np.flatnonzero(vessel),
+    )
+
+
+def _phantom_cases(source: PhantomSource, vessel_classes: tuple[str, ...]) -> list[TrainingCase]:
+    cases = []
+    for offset in range(source.count):
+        seed = source.seed + offset
+        phantom = make_phantom_case(
+            source.modality, source.shape_zyx, spacing_zyx=source.spacing_zyx, seed=seed
+        )
+        target = np.zeros((len(vessel_classes), *phantom.class_map.shape), dtype=np.uint8)
+        for phantom_name, label in PHANTOM_LABELS.items():
+            model_name = source.class_remap.get(phantom_name, phantom_name)
+            if model_name == DROP_CLASS:
+                continue
+            target[vessel_classes.index(model_name)] |= phantom.class_map == label
+        image = normalize_intensity(phantom.image, source.modality, phantom.brain_mask)
+        cases.append(
+            _make_case(
+                f"phantom-{source.modality}-{seed}",
+                image,
+                target,
+                phantom.spacing_zyx,
+                source.modality,
+                phantom.brain_mask,
+            )
+        )
+    return cases
+
+
+def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[TrainingCase]:
+    cases = []
+    for image_path, label_path, metadata in zip(
+        source.images, source.labels, source.metadata or (None,) * source.count, strict=True
+    ):
+        volume = read_volume(image_path, spacing_xyz=source.spacing_xyz, metadata_path=metadata)
+        labels = np.asarray(read_volume(label_path).array)
+        if labels.shape != volume.array.shape:
+            raise ValueError(
+                f"Label {label_path} has shape {labels.shape} but image {image_path} has "
+                f"{volume.array.shape}; they must match voxel for voxel."
+            )
+        target = np.zeros((len(vessel_classes), *labels.shape), dtype=np.uint8)
+        if source.binary_class is not None:
+            target[vessel_classes.index(source.binary_class)] = labels > 0
+        else:
+            unknown = sorted(set(np.unique(labels).tolist()) - set(source.label_map) - {0})
+            if unknown:
+                logger.warning(
+                    "%s has label values %s that label_map does not name; they count as background.",
+                    label_path.name,
+                    unknown[:10],
+                )
+            for value, name in source.label_map.items():
+                target[vessel_classes.index(name)] |= labels == value
+        image = normalize_intensity(volume.array, source.modality)
+        cases.append(
+            _make_case(
+                image_path.name,
+                image,
+                target,
+                volume.spacing_zyx,
+                source.modality,
+                np.ones(labels.shape, dtype=bool),
+            )
+        )
+    return cases
+
+
+def load_cases(source: Source, vessel_classes: Sequence[str]) -> list[TrainingCase]:
+    """The cases of one data source, made or read once per process and then kept in memory.
+
+    Parameters
+    ----------
+    source : PhantomSource or FileSource
+    vessel_classes : sequence of str
+        The model's classes, in output-channel order.
+
+    Returns
+    -------
+    list of TrainingCase
+        Do not modify the arrays: they are shared between callers.
+    """
+    classes = tuple(vessel_classes)
+    key = (repr(source), classes)
+    if key not in _CASE_CACHE:
+        if isinstance(source, PhantomSource):
+            _CASE_CACHE[key] = _phantom_cases(source, classes)
+        else:
+            _CASE_CACHE[key] = _file_cases(source, classes)
+        logger.info("Loaded %s", source.describe())
+    return _CASE_CACHE[key]
+
+
+def load_source_list(
+    sources: Sequence[Source], vessel_classes: Sequence[str]
+) -> tuple[list[TrainingCase], np.ndarray]:
+    """All cases of ``sources`` and each case's sampling probability.
+
+    A source's ``weight`` is its share of the patches (split evenly over its cases); without weights every
+    case is equally likely.
+    """
+    cases: list[TrainingCase] = []
+    weights: list[float] = []
+    for source in sources:
+        source_cases = load_cases(source, vessel_classes)
+        share = source.weight if source.weight is not None else float(len(source_cases))
+        cases += source_cases
+        weights += [share / len(source_cases)] * len(source_cases)
+    probabilities = np.asarray(weights, dtype=np.float64)
+    return cases, probabilities / probabilities.sum()
+
+
+def _crop_padded(array: np.ndarray, start_zyx: Sequence[int], size_zyx: Sequence[int]) -> np.ndarray:
+    """``array[..., z0:z0+sz, y0:y0+sy, x0:x0+sx]`` with zeros where the window leaves the volume."""
+    spatial = array.shape[-3:]
+    out = np.zeros((*array.shape[:-3], *size_zyx), dtype=array.dtype)
+    source_slices, target_slices = [], []
+    for start, size, length in zip(start_zyx, size_zyx, spatial, strict=True):
+        low, high = max(start, 0), min(start + size, length)
+        source_slices.append(slice(low, high))
+        target_slices.append(slice(low - start, high - start))
+    out[(..., *target_slices)] = array[(..., *source_slices)]
+    return out
+
+
+class PatchSampler:
+    """Random training patches from a list of cases.
+
+    Parameters
+    ----------
+    cases : list of TrainingCase
+    patch_size_zyx : 3 int
+        Patch shape. Volumes thinner than the patch (VesselNN stacks have 10-26 slices) are zero-padded,
+        the volume lying at a random offset inside the patch.
+    case_probabilities : ndarray, optional
+        Probability of drawing each case (default: uniform).
+    foreground_fraction : float
+        Share of patches centred on a vessel voxel; the others are centred uniformly inside the case's box
+        (brain mask and vessels), which teaches the background.
+    augment : bool
+        Random in-plane flips (and a Y/X transpose for square patches) and intensity scale (x0.9-1.1) and
+        shift (+-0.1). No flip along Z: slab thickness and slice profile are not symmetric in MRA.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[TrainingCase],
+        patch_size_zyx: Sequence[int],
+        *,
+        case_probabilities: np.ndarray | None = None,
+        foreground_fraction: float = 0.5,
+        augment: bool = True,
+    ) -> None:
+        if not cases:
+            raise ValueError("PatchSampler needs at least one training case.")
+        self.cases = list(cases)
+        self.patch_size_zyx = tuple(int(s) for s in patch_size_zyx)
+        if case_probabilities is None:
+            case_probabilities = np.full(len(self.cases), 1.0 / len(self.cases))
+        self.case_probabilities = np.asarray(case_probabilities, dtype=np.float64)
+        self.foreground_fraction = float(foreground_fraction)
+        self.augment = augment
+
+    def draw(self, rng: np.random.Generator) -> PatchSpec:
+        """Take every random decision for one patch."""
+        case_index = int(rng.choice(len(self.cases), p=self.case_probabilities))
+        case = self.cases[case_index]
+        shape = case.image.shape
+        if case.vessel_voxels.size and rng.random() < self.foreground_fraction:
+            centre = np.unravel_index(int(case.vessel_voxels[rng.integers(case.vessel_voxels.size)]), shape)
+        else:
+            centre = tuple(int(rng.integers(low, high)) for low, high in case.box)
+        start = []
+        for c, size, length in zip(centre, self.patch_size_zyx, shape, strict=True):
+            if length >= size:
+                start.append(int(np.clip(int(c) - size // 2, 0, length - size)))
+            else:  # thinner than the patch: place the whole volume at a random offset, pad the rest
+                start.append(int(rng.integers(length - size, 1)))
+        if not self.augment:
+            return PatchSpec(case_index, tuple(start))
+        return PatchSpec(
+            case_index,
+            tuple(start),
+            flip_y=bool(rng.random() < 0.5),
+            flip_x=bool(rng.random() < 0.5),
+            transpose_yx=bool(self.patch_size_zyx[1] == self.patch_size_zyx[2] and rng.random() < 0.5),
+            intensity_scale=float(rng.uniform(0.9, 1.1)),
+            intensity_shift=float(rng.uniform(-0.1, 0.1)),
+        )
+
+    def extract(self, spec: PatchSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Apply ``spec``: image ``(1, Z, Y, X)`` float32 and target ``(C, Z, Y, X)`` float32."""
+        case = self.cases[spec.case_index]
+        image = _crop_padded(case.image, spec.start_zyx, self.patch_size_zyx)[None]
+        target = _crop_padded(case.target, spec.start_zyx, self.patch_size_zyx)
+        if spec.flip_y:
+            image, target = image[:, :, ::-1], target[:, :, ::-1]
+        if spec.flip_x:
+            image, target = image[..., ::-1], target[..., ::-1]
+        if spec.transpose_yx:
+            image, target = image.swapaxes(-1, -2), target.swapaxes(-1, -2)
+        image = image * np.float32(spec.intensity_scale) + np.float32(spec.intensity_shift)
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target, dtype=np.float32)
+
+    def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` patches stacked: images ``(B, 1, Z, Y, X)``, targets ``(B, C, Z, Y, X)``."""
+        pairs = [self.extract(self.draw(rng)) for _ in range(batch_size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+__all__ = [
+    "PatchSampler",
+    "PatchSpec",
+    "TrainingCase",
+    "clear_case_cache",
+    "load_cases",
+    "load_source_list",
+]

@@ -1,0 +1,124 @@
+"""Export a training run's best checkpoint as a shipped model: weights, model card, registry entry.
+
+``python -m trainer export RUN_DIR --name NAME --out Resources/Models`` writes ``NAME.safetensors`` and
+``NAME.card.json`` and prints the JSON entry to paste into ``Resources/Models/models.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.loop import BEST_WEIGHTS, RUN_RECORD
+from VesselSegLib.models.checkpoint import card_path_for, load_checkpoint, save_checkpoint
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    *,
+    name: str,
+    out_dir: str | os.PathLike,
+    display_name: str | None = None,
+    modalities: Sequence[str] | None = None,
+    overlap: float = 0.25,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Write ``out_dir/NAME.safetensors`` + ``NAME.card.json`` from ``run_dir``'s best checkpoint.
+
+    Parameters
+    ----------
+    run_dir : path
+        A training run folder (holds ``best.safetensors`` and ``run.json``).
+    name : str
+        Registry name and file stem, e.g. "unet3d-baseline" (letters, digits, ".", "_", "-").
+    out_dir : path
+        Folder of the registry, normally ``Resources/Models``.
+    display_name : str, optional
+        Name shown to users (default: derived from the architecture).
+    modalities : sequence of str, optional
+        Presets the model accepts (default: the modalities it was trained on).
+    overlap : float
+        Sliding-window overlap the registry entry recommends.
+    threshold : float, optional
+        Probability threshold for every class (default: the run's ``validation_threshold``).
+
+    Returns
+    -------
+    dict
+        The registry entry (fields of ``VesselSegLib.models.registry``).
+    """
+    run_dir = Path(run_dir)
+    if not _NAME_PATTERN.match(name):
+        raise ValueError(f"Model name {name!r} may only hold letters, digits, '.', '_' and '-'.")
+    best = run_dir / BEST_WEIGHTS
+    record_path = run_dir / RUN_RECORD
+    if not best.is_file() or not record_path.is_file():
+        raise ValueError(
+            f"{run_dir} is not a finished training run: {BEST_WEIGHTS} or {RUN_RECORD} is missing."
+        )
+    record = json.loads(record_path.read_text())
+    best_card = json.loads(card_path_for(best).read_text())
+    network = load_checkpoint(
+        best, expected_architecture=record["architecture"], expected_arguments=record["arguments"]
+    )
+    training = record["config"].get("training", {})
+    if threshold is None:
+        threshold = float(training.get("validation_threshold", 0.5))
+    vessel_classes = list(record["vessel_classes"])
+    modalities = list(modalities) if modalities else list(record["modalities"])
+    display_name = display_name or f"{record['architecture']} ({', '.join(modalities)})"
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    card = {
+        "name": name,
+        "display_name": display_name,
+        "vessel_classes": vessel_classes,
+        "modalities": modalities,
+        "normalisation": "modality preset (VesselSegLib.preprocessing.normalize_intensity)",
+        "patch_size_zyx": record["patch_size_zyx"],
+        "training_data": record["training_data"],
+        "validation_data": record["validation_data"],
+        "config": record["config"],
+        "command": record["command"],
+        "resumed_with": record.get("resumed_with", []),
+        "best_epoch": best_card.get("epoch"),
+        "best_validation": best_card.get("validation", {}),
+        "epochs_completed": record["epochs_completed"],
+        "stopped_early": record.get("stopped_early", False),
+        "wall_time_seconds": round(float(record["elapsed_seconds"]), 1),
+        "world_size": record.get("world_size", 1),
+        "machine": record["machine"],
+        "training_started": record["started"],
+        "date": now,
+    }
+    out_dir = Path(out_dir)
+    weights_path = out_dir / f"{name}.safetensors"
+    sha256 = save_checkpoint(
+        network, weights_path, architecture=record["architecture"], arguments=record["arguments"], card=card
+    )
+    return {
+        "name": name,
+        "display_name": display_name,
+        "kind": "network",
+        "architecture": record["architecture"],
+        "arguments": record["arguments"],
+        "weights": weights_path.name,
+        "sha256": sha256,
+        "modalities": modalities,
+        "vessel_classes": vessel_classes,
+        "spacing_mm_zyx": record["training_spacing_zyx"],
+        "normalisation": "preset",
+        "patch_size_zyx": record["patch_size_zyx"],
+        "overlap": overlap,
+        "thresholds": {class_name: threshold for class_name in vessel_classes},
+        "card": card_path_for(weights_path).name,
+    }
+
+
+__all__ = ["export_run"]
