@@ -25,7 +25,8 @@ from VesselSegLib.models.registry import ModelRegistry
 from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.resources import vesselnn_dir
 
-TEST_SEEDS = (9001, 9002, 9003, 9004)
+# Disjoint from the training (1000+, 2000+, 3000+) and validation (9000+) seeds of trainer/configs.
+TEST_SEEDS = (5001, 5002, 5003, 5004)
 TEST_SHAPE_ZYX = (64, 160, 160)
 VESSELNN_HELD_OUT = ("burgess2014_tgMouse",)
 METRICS = ("dice", "cldice", "precision", "sensitivity", "mcc", "hd95_mm")

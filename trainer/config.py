@@ -28,6 +28,7 @@ Any unknown key, missing key or bad value raises ValueError naming the key (``tr
 from __future__ import annotations
 
 import glob as globbing
+import logging
 import math
 import os
 import re
@@ -46,6 +47,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10 (pyproject allows it) has no tomllib; tomli is the same parser as a package
     import tomli as tomllib
+
+logger = logging.getLogger(__name__)
 
 LOSSES = ("dice", "dice_bce")
 DEVICES = ("auto", "cpu", "cuda")
@@ -148,6 +151,7 @@ class TrainingConfig:
     augment: bool = True
     validation_overlap: float = 0.25
     validation_threshold: float = 0.5
+    cldice_every: int = 1
     init_weights: Path | None = None
 
 
@@ -343,8 +347,8 @@ def _file_source(
         )
     keep = [i for i, path in enumerate(images) if _stem(path) not in exclude]
     unknown_excluded = sorted(set(exclude) - {_stem(path) for path in images})
-    if unknown_excluded:
-        raise ValueError(f"{where}.exclude names {unknown_excluded[0]!r}, which is not among the images.")
+    if unknown_excluded:  # e.g. a data copy without the held-out case: nothing to exclude, say so
+        logger.warning("%s.exclude names %s, which is not among the images.", where, unknown_excluded)
     images = [images[i] for i in keep]
     if not images:
         raise ValueError(f"{where}: every image is excluded; keep at least one.")
@@ -541,6 +545,7 @@ def parse_config(
             1,
             open_low=True,
         ),
+        cldice_every=_integer(t.get("cldice_every", defaults.cldice_every), "training.cldice_every", 0),
         init_weights=init_weights,
     )
 

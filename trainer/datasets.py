@@ -142,7 +142,10 @@ def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[Tra
         source.images, source.labels, source.metadata or (None,) * source.count, strict=True
     ):
         volume = read_volume(image_path, spacing_xyz=source.spacing_xyz, metadata_path=metadata)
-        labels = np.asarray(read_volume(label_path).array)
+        # The label's geometry is the image's; passing it also keeps TIFF labels without metadata quiet.
+        labels = np.asarray(
+            read_volume(label_path, spacing_xyz=volume.spacing_xyz, metadata_path=metadata).array
+        )
         if labels.shape != volume.array.shape:
             raise ValueError(
                 f"Label {label_path} has shape {labels.shape} but image {image_path} has "

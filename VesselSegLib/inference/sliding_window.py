@@ -8,6 +8,7 @@ convolutions about 1.6x faster on CPU (measured in ``benchmarks/benchmark_infere
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -175,7 +176,8 @@ def _run(
     channels_last = device.type == "cpu"
     was_training = network.training
     network.eval()
-    original_device = next(network.parameters()).device
+    first_tensor = next(itertools.chain(network.parameters(), network.buffers()), None)
+    original_device = first_tensor.device if first_tensor is not None else torch.device("cpu")
     network.to(device)
     if channels_last:
         network.to(memory_format=torch.channels_last_3d)

@@ -1,18 +1,27 @@
-"""Networks, the model registry and safetensors checkpoints."""
+"""Networks, the model registry and safetensors checkpoints.
 
-from VesselSegLib.models.checkpoint import load_checkpoint, save_checkpoint, sha256_of_file
-from VesselSegLib.models.networks import NETWORK_CLASSES, build_network
-from VesselSegLib.models.registry import ModelEntry, ModelRegistry
-from VesselSegLib.models.unet3d import UNet3D, count_parameters
+Names are imported lazily (PEP 562) so that reading the registry does not import PyTorch: inside Slicer,
+the module lists its methods and offers to install PyTorch before any network is built.
+"""
 
-__all__ = [
-    "NETWORK_CLASSES",
-    "ModelEntry",
-    "ModelRegistry",
-    "UNet3D",
-    "build_network",
-    "count_parameters",
-    "load_checkpoint",
-    "save_checkpoint",
-    "sha256_of_file",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "load_checkpoint": "VesselSegLib.models.checkpoint",
+    "save_checkpoint": "VesselSegLib.models.checkpoint",
+    "sha256_of_file": "VesselSegLib.models.checkpoint",
+    "NETWORK_CLASSES": "VesselSegLib.models.networks",
+    "build_network": "VesselSegLib.models.networks",
+    "ModelEntry": "VesselSegLib.models.registry",
+    "ModelRegistry": "VesselSegLib.models.registry",
+    "UNet3D": "VesselSegLib.models.unet3d",
+    "count_parameters": "VesselSegLib.models.unet3d",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'VesselSegLib.models' has no attribute {name!r}")

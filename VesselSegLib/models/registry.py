@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from VesselSegLib.models.checkpoint import load_checkpoint
 from VesselSegLib.resources import models_dir
 from VesselSegLib.vessel_classes import vessel_class
+
+if TYPE_CHECKING:  # the registry is read without PyTorch (Slicer lists methods before torch is installed)
+    from torch import nn
 
 REGISTRY_FILE_NAME = "models.json"
 METHOD_KINDS = ("network", "vesselness")
@@ -67,6 +67,8 @@ class ModelEntry:
 
     def load_network(self) -> nn.Module:
         """Build the network and load its checked weights (SHA256 and architecture)."""
+        from VesselSegLib.models.checkpoint import load_checkpoint
+
         if self.kind != "network":
             raise ValueError(
                 f"Method {self.name!r} is a {self.kind} filter, not a network; it has no weights."
