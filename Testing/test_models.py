@@ -160,3 +160,16 @@ def test_shipped_registry_loads_every_network():
     for entry in registry.entries():
         if entry.kind == "network":
             assert isinstance(entry.load_network(), torch.nn.Module)  # SHA256 and architecture checked
+
+
+def test_every_library_package_is_listed_in_pyproject(repo_root):
+    """`pip install .` ships only the packages pyproject.toml lists: a new folder must be added there."""
+    import tomllib
+
+    listed = set(tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(init.parent.relative_to(repo_root).parts)
+        for folder in ("VesselSegLib", "trainer")
+        for init in (repo_root / folder).rglob("__init__.py")
+    }
+    assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [tool.setuptools] packages"

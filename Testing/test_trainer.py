@@ -8,12 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-import tomllib
 import torch
 from safetensors.torch import load_file
 
@@ -79,8 +79,16 @@ def test_config_source_errors_name_the_source():
     with pytest.raises(ValueError, match=r"data\.training\[0\]\.class_remap"):
         parse_config(raw)
     raw = _tiny_raw()
-    raw["data"]["validation"] = [{"kind": "files", "modality": "2PM", "root": "/nonexistent/vesselnn",
-                                  "images": "images/*.tif", "labels": "labels", "binary_class": "micro"}]
+    raw["data"]["validation"] = [
+        {
+            "kind": "files",
+            "modality": "2PM",
+            "root": "/nonexistent/vesselnn",
+            "images": "images/*.tif",
+            "labels": "labels",
+            "binary_class": "micro",
+        }
+    ]
     with pytest.raises(ValueError, match="--data-root"):
         parse_config(raw)
 
@@ -110,10 +118,17 @@ def test_file_source_root_from_environment_and_data_root_flag(tmp_path, monkeypa
     _write_stack_pair(tmp_path / "env_data", "held_out", seed=1)
     _write_stack_pair(tmp_path / "flag_data", "b")
     raw = _tiny_raw()
-    raw["data"]["training"].append({
-        "kind": "files", "modality": "2PM", "root": "${VESSELSEG_TEST_DATA:-/nonexistent}",
-        "images": "images/*.tif", "labels": "labels", "exclude": ["held_out"], "binary_class": "micro",
-    })
+    raw["data"]["training"].append(
+        {
+            "kind": "files",
+            "modality": "2PM",
+            "root": "${VESSELSEG_TEST_DATA:-/nonexistent}",
+            "images": "images/*.tif",
+            "labels": "labels",
+            "exclude": ["held_out"],
+            "binary_class": "micro",
+        }
+    )
     monkeypatch.setenv("VESSELSEG_TEST_DATA", str(tmp_path / "env_data"))
     source = parse_config(raw).data.training[1]
     assert isinstance(source, FileSource)
@@ -134,8 +149,16 @@ def test_file_source_root_from_environment_and_data_root_flag(tmp_path, monkeypa
 def test_patch_sampler_pads_thin_volumes_and_is_deterministic(tmp_path):
     _write_stack_pair(tmp_path, "thin", shape=(6, 40, 48))
     raw = _tiny_raw()
-    raw["data"]["training"] = [{"kind": "files", "modality": "2PM", "root": str(tmp_path),
-                                "images": "images/*.tif", "labels": "labels", "binary_class": "micro"}]
+    raw["data"]["training"] = [
+        {
+            "kind": "files",
+            "modality": "2PM",
+            "root": str(tmp_path),
+            "images": "images/*.tif",
+            "labels": "labels",
+            "binary_class": "micro",
+        }
+    ]
     config = parse_config(raw)
     cases = load_cases(config.data.training[0], config.data.vessel_classes)
     sampler = PatchSampler(cases, (16, 32, 32), foreground_fraction=1.0)
@@ -245,8 +268,19 @@ def test_export_writes_weights_card_and_registry_entry(tiny_run, tmp_path, capsy
     assert card["epochs_completed"] == 3 and card["best_validation"]["mean_dice"] > 0
     assert "trainer train" in card["command"] and card["machine"]["torch"] == torch.__version__
     assert card["training_data"] and card["config"]["training"]["loss"] == "dice"
-    for field in ("name", "display_name", "kind", "arguments", "weights", "modalities", "spacing_mm_zyx",
-                  "patch_size_zyx", "overlap", "thresholds", "card"):
+    for field in (
+        "name",
+        "display_name",
+        "kind",
+        "arguments",
+        "weights",
+        "modalities",
+        "spacing_mm_zyx",
+        "patch_size_zyx",
+        "overlap",
+        "thresholds",
+        "card",
+    ):
         assert field in entry, field
     # The exported weights equal the run's best ones and load through the registry's checked path.
     network = load_checkpoint(weights, expected_sha256=entry["sha256"])
@@ -268,8 +302,21 @@ def test_export_writes_weights_card_and_registry_entry(tiny_run, tmp_path, capsy
 def test_two_process_gloo_training_through_torchrun(tmp_path):
     run_dir = tmp_path / "ddp"
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "trainer", "train", str(TINY), "--run-dir", str(run_dir), "--epochs", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "trainer",
+        "train",
+        str(TINY),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "2",
+    ]
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _read_log(run_dir)

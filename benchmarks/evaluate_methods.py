@@ -88,6 +88,11 @@ def main() -> None:
         "--vesselnn", type=Path, default=None, help="VesselNN folder (default $VESSELSEG_VESSELNN)."
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--update-cards",
+        action="store_true",
+        help="Write each network's scores, with the Frangi baseline's, into its model card (evaluation).",
+    )
     args = parser.parse_args()
     registry = ModelRegistry.default()
     methods = args.methods or [e.name for e in registry.entries()]
@@ -115,6 +120,41 @@ def main() -> None:
                 print(f"| {method} | {name} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.update_cards:
+        _update_cards(report, registry)
+
+
+def _update_cards(report: dict, registry: ModelRegistry) -> None:
+    """Add the test-set scores of each network, and of every other method evaluated, to its card."""
+    command = "python benchmarks/evaluate_methods.py " + " ".join(["--methods", *report, "--update-cards"])
+    for method in report:
+        entry = registry.get(method)
+        if entry.kind != "network" or entry.card_path is None:
+            continue
+        card = json.loads(entry.card_path.read_text())
+        card["evaluation"] = {
+            "command": command,
+            "date": time.strftime("%Y-%m-%d"),
+            "phantom_test_set": {
+                "modality": "TOF-MRA",
+                "shape_zyx": list(TEST_SHAPE_ZYX),
+                "seeds": list(TEST_SEEDS),
+            },
+            "vesselnn_held_out": list(VESSELNN_HELD_OUT),
+            "scores": {name: {k: v for k, v in s.items() if k != "seconds"} for name, s in report.items()},
+        }
+        entry.card_path.write_text(json.dumps(_finite_or_null(card), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_null(value):
+    """JSON has no NaN/Infinity: write them as null (e.g. HD95 when a class is absent)."""
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 if __name__ == "__main__":

@@ -32,21 +32,14 @@ import logging
 import math
 import os
 import re
-import sys
+import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from VesselSegLib.models.networks import NETWORK_CLASSES
 from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 (pyproject allows it) has no tomllib; tomli is the same parser as a package
-    import tomli as tomllib
 
 logger = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ def export_run(
     vessel_classes = list(record["vessel_classes"])
     modalities = list(modalities) if modalities else list(record["modalities"])
     display_name = display_name or f"{record['architecture']} ({', '.join(modalities)})"
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     card = {
         "name": name,
         "display_name": display_name,

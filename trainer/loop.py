@@ -561,7 +561,7 @@ class Trainer:
         path = self.run_dir / RUN_RECORD
         record = json.loads(path.read_text()) if path.is_file() else {}
         if not record:
-            record["started"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            record["started"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
             record["command"] = shlex.join(self.command)
         if self.config.source_path is not None and not (self.run_dir / CONFIG_COPY).is_file():
             (self.run_dir / CONFIG_COPY).write_text(self.config.source_path.read_text())
@@ -588,7 +588,7 @@ class Trainer:
             elapsed_seconds=getattr(self, "elapsed_seconds", self.elapsed_before),
             stopped_early=self.stopped_early,
             finished=finished,
-            updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            updated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
         _write_json(path, record)
 
