@@ -110,3 +110,14 @@ def test_bad_arguments_are_named():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_patch_shrinks_to_thin_volumes_keeping_the_network_divisor():
+    from VesselSegLib.inference.sliding_window import fit_patch_to_volume
+
+    assert fit_patch_to_volume((128, 256, 256), (15, 512, 512), (4, 4, 4)) == (16, 256, 256)
+    assert fit_patch_to_volume((64, 128, 128), (64, 100, 300), (1, 4, 4)) == (64, 100, 128)
+    network = UNet3D(out_channels=1, base_channels=2, levels=3)
+    image = np.random.default_rng(4).random((6, 40, 24)).astype(np.float32)
+    output = predict_probabilities(network, image, patch_size_zyx=(128, 64, 64), device="cpu")
+    assert output.shape == (1, 6, 40, 24)

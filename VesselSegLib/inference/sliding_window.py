@@ -60,6 +60,18 @@ def count_windows(
     return total
 
 
+def fit_patch_to_volume(
+    patch_size_zyx: Sequence[int], image_shape_zyx: Sequence[int], divisor_zyx: Sequence[int]
+) -> tuple[int, int, int]:
+    """Shrink a patch that is larger than the volume along an axis to the volume's size, rounded up to the
+    network's size divisor. A 15-slice microscopy stack is then run in 16-slice windows instead of being
+    zero-padded to a 128-slice window (8x the work, and padding the network never saw in training)."""
+    return tuple(
+        min(int(patch), -(-int(size) // int(divisor)) * int(divisor))
+        for patch, size, divisor in zip(patch_size_zyx, image_shape_zyx, divisor_zyx, strict=True)
+    )
+
+
 def _as_overlap(overlap: float | Sequence[float]) -> tuple[float, float, float]:
     values = (overlap,) * 3 if isinstance(overlap, (int, float)) else tuple(overlap)
     if len(values) != 3 or not all(0.0 <= v < 1.0 for v in values):
@@ -115,6 +127,7 @@ def predict_probabilities(
         raise ValueError(f"Patch size must be 3 positive integers (Z, Y, X), got {patch_size_zyx}.")
     if blend_mode not in ("gaussian", "constant"):
         raise ValueError(f"Blend mode must be 'gaussian' or 'constant', got {blend_mode!r}.")
+    patch = fit_patch_to_volume(patch, image.shape, getattr(network, "size_divisor_zyx", (1, 1, 1)))
     overlaps = _as_overlap(overlap)
     target = resolve_device(device)
     try:
