@@ -111,7 +111,8 @@ class FileSource:
     def describe(self) -> str:
         names = ", ".join(path.stem for path in self.images)
         mapping = f"binary -> {self.binary_class}" if self.binary_class else f"labels {self.label_map}"
-        return f"{self.count} {self.modality} file cases ({names}) from {self.root}, {mapping}"
+        # The folder name only: a model card must not carry one machine's absolute paths.
+        return f"{self.count} {self.modality} file cases ({names}) from data folder {self.root.name!r}, {mapping}"
 
 
 Source = PhantomSource | FileSource

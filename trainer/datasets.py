@@ -22,7 +22,7 @@ import numpy as np
 from trainer.config import DROP_CLASS, PHANTOM_LABELS, FileSource, PhantomSource, Source
 from VesselSegLib.io import read_volume
 from VesselSegLib.phantoms import make_phantom_case
-from VesselSegLib.preprocessing import normalize_intensity
+from VesselSegLib.preprocessing import get_preset, normalize_intensity
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,11 @@ def _phantom_cases(source: PhantomSource, vessel_classes: tuple[str, ...]) -> li
             if model_name == DROP_CLASS:
                 continue
             target[vessel_classes.index(model_name)] |= phantom.class_map == label
-        image = normalize_intensity(phantom.image, source.modality, phantom.brain_mask)
+        # Normalise as inference does for a user who gives no mask: over the whole volume for bright-vessel
+        # modalities (so the network learns to ignore bright scalp fat and the dark outside), inside the
+        # brain for SWI, whose inversion needs a brain mask (see VesselSegLib.preprocessing.presets).
+        normalization_mask = None if get_preset(source.modality).vessels_bright else phantom.brain_mask
+        image = normalize_intensity(phantom.image, source.modality, normalization_mask)
         cases.append(
             _make_case(
                 f"phantom-{source.modality}-{seed}",

@@ -163,6 +163,12 @@ def segment_image(
     spacing_zyx = _validate_spacing(spacing_zyx)
     data = validate_image(image)
     mask = None if brain_mask is None else validate_mask(brain_mask, data.shape)
+    if mask is None and not preset.vessels_bright:
+        logger.warning(
+            "%s without a brain mask: intensities are inverted over the whole volume, so the dark air around "
+            "the head becomes bright. Give a brain mask (e.g. from Slicer's Swiss Skull Stripper or HD-BET).",
+            preset.name,
+        )
     unknown = set(thresholds or {}) - set(VESSEL_CLASS_BY_NAME)
     if unknown:
         raise ValueError(
