@@ -361,7 +361,7 @@ def _other_grid_mask(scene, input_volume):
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("mask on another grid", "resample the mask"),
+        ("mask on another grid", "resample the brain mask"),
         ("unknown method", "Unknown method 'no-such-net'; known methods are:"),
         ("unknown modality", "choose one of: TOF-MRA, SWI, 2PM"),
         ("no class", "No vessel class selected"),

@@ -113,6 +113,8 @@ class VesselSegParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     maskVolume: vtkMRMLScalarVolumeNode | None
+    companionVolume: vtkMRMLScalarVolumeNode | None
+    companionModality: Annotated[str, Choice(list(MODALITY_PRESETS))] = "SWI"
     modality: Annotated[str, Choice(list(MODALITY_PRESETS))] = "TOF-MRA"
     method: str = ""
     segmentArtery: bool = True
@@ -252,8 +254,10 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             if value > 0
         }
+        companion = parameters.companionVolume
         return {
             "maskVolume": parameters.maskVolume,
+            "companionVolumes": {parameters.companionModality: companion} if companion else None,
             "outputSegmentation": parameters.outputSegmentation,
             "modality": parameters.modality,
             "method": parameters.method or None,
@@ -280,6 +284,7 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ok, message = self.logic.isValidInputOutputData(
                 self._parameterNode.inputVolume,
                 maskVolume=arguments["maskVolume"],
+                companionVolumes=arguments["companionVolumes"],
                 outputSegmentation=arguments["outputSegmentation"],
                 modality=arguments["modality"],
                 method=arguments["method"],
@@ -329,7 +334,10 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (StopIteration, ImportError, ValueError, FileNotFoundError):
             return
         classes = ", ".join(VESSEL_CLASS_BY_NAME[c].display_name for c in entry.vessel_classes)
-        kind = _("network") if entry.kind == "network" else _("filter, one class per modality")
+        kind = {
+            "network": _("network"),
+            "ensemble": _("one network per class; vein and micro read an SWI companion volume"),
+        }.get(entry.kind, _("filter, one class per modality"))
         self.ui.methodDescriptionLabel.text = f"{entry.display_name} ({kind}): {classes}"
         if self._parameterNode.method != entry.name:
             wasModifying = self._parameterNode.StartModify()
@@ -574,7 +582,7 @@ class VesselSegTest(ScriptedLoadableModuleTest):
         segmentation = outputs.segmentationNode.GetSegmentation()
         produced = outputs.result.vessel_classes
         entry = next(e for e in logic.availableMethods("TOF-MRA") if e.name == outputs.result.method)
-        if entry.kind == "network":
+        if entry.kind == "network":  # an ensemble may skip classes whose companion image is missing
             self.assertEqual(set(produced), set(entry.vessel_classes))
         self.assertEqual(segmentation.GetNumberOfSegments(), len(produced))
         for name in produced:

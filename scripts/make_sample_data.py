@@ -1,9 +1,11 @@
-"""Write the bundled sample volume: a TOF-MRA phantom and its reference labels (deterministic).
+"""Write the bundled sample: a TOF-MRA phantom, its reference labels, brain mask and SWI twin (deterministic).
 
     python scripts/make_sample_data.py [--out Resources/SampleData]
 
 The sample is synthetic (``VesselSegLib.phantoms``), so it can ship with the extension with no licence
-question. Its reference labels let users try ``vesselseg segment ... --reference``.
+question. Its reference labels let users try ``vesselseg segment ... --reference``. The SWI image renders the
+same vessel tree on the same grid (a co-registered second contrast, as VC-Net's MICRO-MRI protocol gives):
+methods whose vein and micro-vessel models read SWI take it as ``--companion SWI=...``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_volume(Volume(image, **geometry), args.out / "sample_tof_mra.nrrd")
     write_volume(Volume(case.class_map, **geometry), args.out / "sample_tof_mra_labels.nrrd")
-    print(f"Wrote {args.out}/sample_tof_mra.nrrd and sample_tof_mra_labels.nrrd, shape {image.shape}")
+    write_volume(Volume(case.brain_mask.astype(np.uint8), **geometry), args.out / "sample_brain_mask.nrrd")
+    # Same seed and spacing: the same tree and brain mask, rendered as SWI.
+    swi = make_phantom_case("SWI", SAMPLE_SHAPE_ZYX, spacing_zyx=case.spacing_zyx, seed=SAMPLE_SEED)
+    assert np.array_equal(swi.class_map, case.class_map)
+    swi_image = np.clip(np.round(swi.image / np.percentile(swi.image, 99.9) * 1500), 0, 4095).astype(np.int16)
+    write_volume(Volume(swi_image, **geometry), args.out / "sample_swi.nrrd")
+    print(
+        f"Wrote sample_tof_mra, sample_tof_mra_labels, sample_brain_mask and sample_swi .nrrd to {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -138,6 +138,8 @@ class TrainingConfig:
     lr_patience: int = 10
     early_stop_patience: int = 30
     loss: str = "dice"
+    #: lambda of VC-Net eq. (3): weight of the Dice loss on the composited MIP (networks with a MIP stream).
+    mip_loss_weight: float = 0.2
     seed: int = 0
     num_threads: int = 2
     device: str = "auto"
@@ -522,6 +524,9 @@ def parse_config(
             t.get("early_stop_patience", defaults.early_stop_patience), "training.early_stop_patience", 1
         ),
         loss=_choice(t.get("loss", defaults.loss), "training.loss", LOSSES),
+        mip_loss_weight=_number(
+            t.get("mip_loss_weight", defaults.mip_loss_weight), "training.mip_loss_weight", 0, 10
+        ),
         seed=_integer(t.get("seed", defaults.seed), "training.seed", 0),
         num_threads=_integer(t.get("num_threads", defaults.num_threads), "training.num_threads", 1),
         device=_choice(t.get("device", defaults.device), "training.device", DEVICES),

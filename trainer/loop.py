@@ -62,12 +62,13 @@ from trainer.distributed import (
     unwrap_model,
     wrap_model,
 )
-from trainer.losses import DiceLoss, build_loss
+from trainer.losses import build_loss
 from trainer.plotting import plot_training_curves
 from VesselSegLib.inference.sliding_window import predict_probabilities
 from VesselSegLib.metrics import dice as dice_score
 from VesselSegLib.metrics.topology import cldice
 from VesselSegLib.models.checkpoint import load_state_into, read_checkpoint_metadata, save_checkpoint
+from VesselSegLib.models.memory_format import set_3d_memory_format
 from VesselSegLib.models.networks import build_network
 from VesselSegLib.models.unet3d import check_divisible
 
@@ -210,8 +211,10 @@ class Trainer:
             logger.info("Fine-tuning from %s", self.config.training.init_weights)
         return model
 
-    def build_loss(self) -> DiceLoss:
-        return build_loss(self.config.training.loss)
+    def build_loss(self) -> nn.Module:
+        """The configured loss; VC-Net's auxiliary MIP term (eq. 3) is added for networks with a MIP stream."""
+        weight = self.config.training.mip_loss_weight if self.has_mip_stream else None
+        return build_loss(self.config.training.loss, mip_weight=weight)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Adam at ``learning_rate`` (VC-Net: 1e-4)."""
@@ -234,8 +237,9 @@ class Trainer:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last_3d)
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(images)
-        loss = self.loss_function(logits.float(), targets)
+        # VC-Net: the 2D stream's MIP prediction feeds the auxiliary loss (eq. 3).
+        output = self.model(images, return_mip=True) if self.has_mip_stream else self.model(images).float()
+        loss = self.loss_function(output, targets)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
@@ -329,7 +333,8 @@ class Trainer:
         # channels-last 3D convolutions are several times faster on the CPU (oneDNN), forward and backward.
         self.channels_last = self.context.device.type == "cpu"
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+            model = set_3d_memory_format(model, torch.channels_last_3d)
+        self.has_mip_stream = bool(getattr(model, "has_mip_stream", False))
         self.model = wrap_model(model, self.context)
         self.loss_function = self.build_loss()
         self.optimizer = self.build_optimizer(self.model)

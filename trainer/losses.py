@@ -68,13 +68,45 @@ class DiceBCELoss(DiceLoss):
         return dice + self.bce_weight * F.binary_cross_entropy(probabilities.clamp(1e-6, 1 - 1e-6), targets)
 
 
-def build_loss(name: str) -> DiceLoss:
-    """``"dice"`` -> :class:`DiceLoss`, ``"dice_bce"`` -> :class:`DiceBCELoss`."""
+class MIPAuxiliaryLoss(nn.Module):
+    """VC-Net eq. (3): ``L = L_vox + lambda L_mip`` for networks with a composited-MIP stream.
+
+    ``L_vox`` is ``volume_loss`` on the 3D logits; ``L_mip`` is the soft Dice (eq. 4) of the 2D stream's
+    prediction on the composited MIP against the labels projected with the image MIP's own slice indices
+    (the label of the voxel each MIP pixel shows), tiled the same way. Plain logits (no MIP output, e.g. in
+    validation) get ``volume_loss`` alone.
+    """
+
+    def __init__(self, volume_loss: DiceLoss, mip_weight: float = 0.2) -> None:
+        super().__init__()
+        self.volume_loss = volume_loss
+        self.mip_weight = mip_weight
+        self.smooth = volume_loss.smooth
+
+    def forward(self, output, targets: torch.Tensor) -> torch.Tensor:
+        if isinstance(output, torch.Tensor):
+            return self.volume_loss(output, targets)
+        from VesselSegLib.models.mip import composite_tiles, gather_at_indices
+
+        volume_term = self.volume_loss(output.logits.float(), targets)
+        mip_targets = composite_tiles(gather_at_indices(targets, output.mip_indices))
+        mip_term = soft_dice_loss(torch.sigmoid(output.mip_logits.float()), mip_targets, self.smooth)
+        return volume_term + self.mip_weight * mip_term
+
+    def from_probabilities(self, probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.volume_loss.from_probabilities(probabilities, targets)
+
+
+def build_loss(name: str, *, mip_weight: float | None = None) -> nn.Module:
+    """``"dice"`` -> :class:`DiceLoss`, ``"dice_bce"`` -> :class:`DiceBCELoss`; with ``mip_weight``
+    (networks with a MIP stream) wrapped in :class:`MIPAuxiliaryLoss`."""
     if name == "dice":
-        return DiceLoss()
-    if name == "dice_bce":
-        return DiceBCELoss()
-    raise ValueError(f"Unknown loss {name!r}; choose 'dice' or 'dice_bce'.")
+        loss = DiceLoss()
+    elif name == "dice_bce":
+        loss = DiceBCELoss()
+    else:
+        raise ValueError(f"Unknown loss {name!r}; choose 'dice' or 'dice_bce'.")
+    return loss if mip_weight is None else MIPAuxiliaryLoss(loss, mip_weight)
 
 
-__all__ = ["DiceBCELoss", "DiceLoss", "build_loss", "soft_dice_loss"]
+__all__ = ["DiceBCELoss", "DiceLoss", "MIPAuxiliaryLoss", "build_loss", "soft_dice_loss"]

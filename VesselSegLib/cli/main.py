@@ -32,6 +32,8 @@ from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 logger = logging.getLogger("vesselseg")
 SAMPLE_VOLUME_NAME = "sample_tof_mra.nrrd"
 SAMPLE_LABELS_NAME = "sample_tof_mra_labels.nrrd"
+SAMPLE_MASK_NAME = "sample_brain_mask.nrrd"
+SAMPLE_SWI_NAME = "sample_swi.nrrd"
 SAMPLE_MODALITY = "TOF-MRA"
 
 
@@ -54,6 +56,30 @@ def _parse_thresholds(items: Sequence[str] | None) -> dict[str, float]:
     return thresholds
 
 
+def _is_ensemble(method: str | None, modality: str) -> bool:
+    from VesselSegLib.models.registry import ModelRegistry
+
+    registry = ModelRegistry.default()
+    entry = registry.default_for(modality) if method is None else registry.get(method)
+    return entry.kind == "ensemble"
+
+
+def _parse_companions(items: Sequence[str] | None) -> dict[str, Path]:
+    from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
+
+    companions: dict[str, Path] = {}
+    for item in items or ():
+        modality, _, path = item.partition("=")
+        if modality not in MODALITY_PRESETS or not path:
+            raise CommandError(
+                f"--companion takes MODALITY=PATH with MODALITY in {', '.join(MODALITY_PRESETS)}; got {item!r}."
+            )
+        if not Path(path).is_file():
+            raise CommandError(f"--companion {item!r}: no such file {path!r}.")
+        companions[modality] = Path(path)
+    return companions
+
+
 def _add_segment_options(parser: argparse.ArgumentParser) -> None:
     from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
 
@@ -66,6 +92,13 @@ def _add_segment_options(parser: argparse.ArgumentParser) -> None:
         help="Registry method name (default: best for the modality; see `vesselseg methods`).",
     )
     parser.add_argument("--mask", type=Path, default=None, help="Brain/region mask on the input's grid.")
+    parser.add_argument(
+        "--companion",
+        action="append",
+        metavar="MODALITY=PATH",
+        help="Co-registered image of another contrast on the input's grid, for methods that read several "
+        "(VC-Net: vein and micro from SWI), e.g. SWI=swi.nii.gz (repeatable).",
+    )
     parser.add_argument(
         "--classes",
         nargs="+",
@@ -180,6 +213,7 @@ def run_segment(args: argparse.Namespace) -> dict:
 
     get_preset(args.modality)  # fail fast on a bad preset, before any work
     thresholds = _parse_thresholds(args.threshold)
+    companions = _parse_companions(args.companion)
     started = time.perf_counter()
     staging = _prepare_output(args.out, args.force)
     progress, close_bar = _progress_bar(args.quiet)
@@ -199,6 +233,10 @@ def run_segment(args: argparse.Namespace) -> dict:
         if args.mask is not None:
             mask_node = load_volume_node(scene, args.mask, name="mask")
             mask_array = read_volume(args.mask).array > 0
+        companion_nodes = {
+            modality: load_volume_node(scene, path, spacing_xyz=args.spacing, name=f"companion_{modality}")
+            for modality, path in companions.items()
+        }
         read_seconds = time.perf_counter() - tick
 
         logic = VesselSegLogic()
@@ -206,6 +244,7 @@ def run_segment(args: argparse.Namespace) -> dict:
         outputs = logic.process(
             input_node,
             maskVolume=mask_node,
+            companionVolumes=companion_nodes or None,
             modality=args.modality,
             method=args.method,
             vesselClasses=tuple(args.classes) if args.classes else ("artery", "vein", "micro"),
@@ -346,6 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.reference is None:
                 # The sample is a phantom with known labels: score against them, so the demo shows metrics.
                 args.reference = sample_data_dir() / SAMPLE_LABELS_NAME
+            if _is_ensemble(args.method, args.modality) and not args.companion:
+                # The same phantom rendered as SWI with its brain mask, for methods whose vein and micro
+                # models read SWI (VC-Net); SWI is inverted inside the mask.
+                args.companion = [f"SWI={sample_data_dir() / SAMPLE_SWI_NAME}"]
+                args.mask = args.mask or sample_data_dir() / SAMPLE_MASK_NAME
         summary = run_segment(args)
         out = args.out.expanduser().absolute()
         volumes = ", ".join(f"{k} {v:.1f} mm3" for k, v in summary["volume_mm3"].items())

@@ -77,7 +77,7 @@ def _validate_spacing(spacing_zyx: Sequence[float]) -> tuple[float, float, float
 
 
 def _select_classes(entry: ModelEntry, requested: Sequence[str] | None, primary: str) -> tuple[str, ...]:
-    produced = entry.vessel_classes if entry.kind == "network" else (primary,)
+    produced = entry.produced_classes or (primary,)
     if requested is None:
         return tuple(produced)
     requested = tuple(requested)
@@ -92,6 +92,39 @@ def _select_classes(entry: ModelEntry, requested: Sequence[str] | None, primary:
             f"({', '.join(requested)}); choose another method or class."
         )
     return kept
+
+
+def _predict_network(
+    entry: ModelEntry,
+    normalized: np.ndarray,
+    *,
+    patch_size_zyx: Sequence[int] | None,
+    default_patch_zyx: Sequence[int],
+    overlap: float | Sequence[float] | None,
+    batch_size: int,
+    device,
+    progress: ProgressCallback | None,
+    cancel: Callable[[], bool] | None,
+) -> dict[str, np.ndarray]:
+    """Class name -> probability map of one registry network over the whole (normalised) volume."""
+    network = entry.load_network()
+    patch = tuple(patch_size_zyx or entry.patch_size_zyx or default_patch_zyx)
+    divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
+    if any(p % d for p, d in zip(patch, divisor, strict=True)):
+        raise ValueError(
+            f"Patch size {patch} (Z, Y, X) must be a multiple of {divisor} along each axis for {entry.name}."
+        )
+    output = predict_probabilities(
+        network,
+        normalized,
+        patch_size_zyx=patch,
+        overlap=entry.overlap if overlap is None else overlap,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        cancel=cancel,
+    )
+    return {name: output[index] for index, name in enumerate(entry.vessel_classes)}
 
 
 def segment_image(
@@ -112,6 +145,7 @@ def segment_image(
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
     registry: ModelRegistry | None = None,
+    companion_images: Mapping[str, np.ndarray] | None = None,
 ) -> SegmentationResult:
     """Segment the vessels of one volume into artery, vein and micro-vessel classes.
 
@@ -144,6 +178,10 @@ def segment_image(
         Polled between steps and patches; True raises :class:`VesselSegLib.errors.SegmentationCancelled`.
     registry : ModelRegistry, optional
         Default: the shipped ``Resources/Models/models.json``.
+    companion_images : mapping modality -> ndarray (Z, Y, X), optional
+        Co-registered images of other modalities on the input's grid, for ensembles whose members read
+        another contrast (VC-Net: artery from TOF-MRA, vein and micro from SWI). Other methods ignore them.
+        Classes whose member has no image are skipped with a warning.
 
     Returns
     -------
@@ -181,32 +219,86 @@ def segment_image(
 
     _report(progress, 0.0, f"Normalising ({preset.name})")
     tick = time.perf_counter()
-    normalized = normalize_intensity(data, preset, mask)
+    # Bright-vessel presets are normalised over the whole volume, as the trainer does for them; the mask then
+    # only limits where vessels are searched. SWI needs the mask for its inversion (preprocessing.presets).
+    normalized = normalize_intensity(data, preset, None if preset.vessels_bright else mask)
     del data
     timings["normalise_s"] = time.perf_counter() - tick
     _check_cancel(cancel)
 
     tick = time.perf_counter()
     if entry.kind == "network":
-        network = entry.load_network()
-        patch = tuple(patch_size_zyx or entry.patch_size_zyx or preset.default_patch_size_zyx)
-        divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
-        if any(p % d for p, d in zip(patch, divisor, strict=True)):
-            raise ValueError(
-                f"Patch size {patch} (Z, Y, X) must be a multiple of {divisor} along each axis for {entry.name}."
-            )
-        output = predict_probabilities(
-            network,
+        all_probabilities = _predict_network(
+            entry,
             normalized,
-            patch_size_zyx=patch,
-            overlap=entry.overlap if overlap is None else overlap,
+            patch_size_zyx=patch_size_zyx,
+            default_patch_zyx=preset.default_patch_size_zyx,
+            overlap=overlap,
             batch_size=batch_size,
             device=target_device,
             progress=lambda fraction, message: _report(progress, 0.05 + 0.85 * fraction, message),
             cancel=cancel,
         )
-        all_probabilities = {name: output[index] for index, name in enumerate(entry.vessel_classes)}
         probabilities = {name: all_probabilities[name] for name in classes}
+        decisions = probabilities
+        merged_thresholds = {**entry.thresholds, **(thresholds or {})}
+    elif entry.kind == "ensemble":
+        images = {preset.name: normalized}
+        raw_companions = dict(companion_images or {})
+        members = registry.members(entry)
+        runnable = [
+            name for name in classes if members[name].input_modality in {preset.name, *raw_companions}
+        ]
+        skipped = [name for name in classes if name not in runnable]
+        if not runnable:
+            needed = sorted({members[name].input_modality for name in classes})
+            raise ValueError(
+                f"{entry.display_name} reads {' and '.join(needed)} images for the classes asked for "
+                f"({', '.join(classes)}); give the input as {needed[0]}, or add a co-registered companion "
+                f"image of that modality (--companion {needed[0]}=PATH on the command line)."
+            )
+        if skipped:
+            logger.warning(
+                "%s: no %s image, so %s is not segmented; add a co-registered companion image to get it.",
+                entry.display_name,
+                " / ".join(sorted({members[name].input_modality for name in skipped})),
+                ", ".join(skipped),
+            )
+        probabilities = {}
+        merged_thresholds = {}
+        for index, name in enumerate(runnable):
+            member = members[name]
+            member_modality = member.input_modality
+            if member_modality not in images:
+                companion = validate_image(raw_companions[member_modality])
+                if companion.shape != normalized.shape:
+                    raise ValueError(
+                        f"The {member_modality} companion image has shape {companion.shape} but the input has "
+                        f"{normalized.shape}; resample it onto the input's grid first."
+                    )
+                member_preset = get_preset(member_modality)
+                images[member_modality] = normalize_intensity(
+                    companion, member_preset, None if member_preset.vessels_bright else mask
+                )
+            start, stop = 0.05 + 0.85 * index / len(runnable), 0.05 + 0.85 * (index + 1) / len(runnable)
+            member_probabilities = _predict_network(
+                member,
+                images[member_modality],
+                patch_size_zyx=patch_size_zyx,
+                default_patch_zyx=preset.default_patch_size_zyx,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=target_device,
+                progress=lambda fraction, message, a=start, b=stop, n=member.display_name: _report(
+                    progress, a + (b - a) * fraction, f"{n}: {message}"
+                ),
+                cancel=cancel,
+            )
+            probabilities[name] = member_probabilities[name]
+            merged_thresholds[name] = member.thresholds.get(name, 0.5)
+        del images
+        classes = tuple(runnable)
+        merged_thresholds.update(thresholds or {})
         decisions = probabilities
     else:
         from VesselSegLib.baselines.frangi import segment_frangi
@@ -227,6 +319,7 @@ def segment_image(
         probabilities = {classes[0]: vesselness}
         # The class map is built from Frangi's own binary decision; 0.5 splits the 0/1 mask.
         decisions = {classes[0]: segmentation.astype(np.float32)}
+        merged_thresholds = {}
     timings["predict_s"] = time.perf_counter() - tick
     _check_cancel(cancel)
 
@@ -235,7 +328,6 @@ def segment_image(
     if mask is not None:
         for probability in probabilities.values():
             probability[~mask] = 0.0
-    merged_thresholds = {**entry.thresholds, **(thresholds or {})} if entry.kind == "network" else {}
     class_map = build_class_map(
         decisions,
         spacing_zyx=spacing_zyx,
@@ -254,8 +346,10 @@ def segment_image(
         vessel_classes=classes,
         method=entry.name,
         method_display_name=entry.display_name,
-        model_sha256=entry.sha256,
-        device=str(target_device) if entry.kind == "network" else "cpu",
+        model_sha256=entry.sha256
+        if entry.kind != "ensemble"
+        else ";".join(f"{member.name}={member.sha256}" for member in registry.members(entry).values()),
+        device=str(target_device) if entry.kind != "vesselness" else "cpu",
         seconds=time.perf_counter() - started,
         timings=timings,
     )

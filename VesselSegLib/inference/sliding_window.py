@@ -19,6 +19,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from VesselSegLib.errors import SegmentationCancelled
+from VesselSegLib.models.memory_format import set_3d_memory_format
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def _run(
     original_device = first_tensor.device if first_tensor is not None else torch.device("cpu")
     network.to(device)
     if channels_last:
-        network.to(memory_format=torch.channels_last_3d)
+        set_3d_memory_format(network, torch.channels_last_3d)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
         nonlocal done
@@ -225,6 +226,6 @@ def _run(
     finally:
         network.to(original_device)
         if channels_last:
-            network.to(memory_format=torch.contiguous_format)
+            set_3d_memory_format(network, torch.contiguous_format)
         network.train(was_training)
     return output[0].float().cpu().numpy()

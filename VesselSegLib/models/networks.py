@@ -7,11 +7,13 @@ from typing import Any
 from torch import nn
 
 from VesselSegLib.models.unet3d import UNet3D
+from VesselSegLib.models.vcnet import VCNet
 
-# Architecture name (as written in checkpoints and models.json) -> class. Later models (VC-Net, V-Net, ...)
+# Architecture name (as written in checkpoints and models.json) -> class. Later models (V-Net, ...)
 # register here.
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {
     "UNet3D": UNet3D,
+    "VCNet": VCNet,
 }
 
 

@@ -17,6 +17,16 @@ Each entry names a method the user can pick (in Slicer's Method panel or ``vesse
       "normalisation": "preset",            # intensity normalisation: the modality preset's
       "patch_size_zyx": [64, 128, 128], "overlap": 0.25, "thresholds": {"artery": 0.5, ...}
     }
+
+An ``"ensemble"`` entry runs one network per class and fills one class map (VC-Net's artery, vein and
+micro models)::
+
+    {"name": "vcnet", "kind": "ensemble", "members": {"artery": "vcnet-artery", "vein": "vcnet-vein", ...},
+     "modalities": ["TOF-MRA", "SWI"], "vessel_classes": ["artery", "vein", "micro"]}
+
+Each member is a network entry of the same registry that produces its class; it reads the image of its
+first modality (the input itself, or a co-registered companion image of that modality, see
+``VesselSegLib.inference.pipeline.segment_image``).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ if TYPE_CHECKING:  # the registry is read without PyTorch (Slicer lists methods 
     from torch import nn
 
 REGISTRY_FILE_NAME = "models.json"
-METHOD_KINDS = ("network", "vesselness")
+METHOD_KINDS = ("network", "vesselness", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,18 @@ class ModelEntry:
     overlap: float = 0.25
     thresholds: dict[str, float] = field(default_factory=dict)
     card: str | None = None
+    members: dict[str, str] = field(default_factory=dict)
     directory: Path = field(default_factory=Path)
+
+    @property
+    def input_modality(self) -> str:
+        """The modality a network reads (its first): an ensemble feeds each member that image."""
+        return self.modalities[0]
+
+    @property
+    def produced_classes(self) -> tuple[str, ...] | None:
+        """Classes a learned method outputs; None for a filter (it marks the preset's main class)."""
+        return None if self.kind == "vesselness" else self.vessel_classes
 
     @property
     def weights_path(self) -> Path | None:
@@ -99,6 +120,7 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
             overlap=float(raw.get("overlap", 0.25)),
             thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
             card=raw.get("card"),
+            members={str(k): str(v) for k, v in raw.get("members", {}).items()},
             directory=directory,
         )
     except KeyError as missing:
@@ -113,6 +135,11 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
         vessel_class(class_name)  # raises on unknown class names
     if entry.kind == "network" and not (entry.architecture and entry.weights and entry.sha256):
         raise ValueError(f"Network entry {entry.name!r} needs 'architecture', 'weights' and 'sha256'.")
+    if entry.kind == "ensemble" and set(entry.members) != set(entry.vessel_classes):
+        raise ValueError(
+            f"Ensemble entry {entry.name!r} must name one member network per vessel class "
+            f"{list(entry.vessel_classes)}; its members cover {sorted(entry.members)}."
+        )
     return entry
 
 
@@ -121,6 +148,22 @@ class ModelRegistry:
 
     def __init__(self, entries: list[ModelEntry]) -> None:
         self._entries = {entry.name: entry for entry in entries}
+        for entry in entries:
+            if entry.kind == "ensemble":
+                self.members(entry)  # raises when a member is missing or does not produce its class
+
+    def members(self, entry: ModelEntry) -> dict[str, ModelEntry]:
+        """Class name -> member network entry of an ensemble, in the ensemble's class order."""
+        members = {}
+        for class_name in entry.vessel_classes:
+            member = self._entries.get(entry.members[class_name])
+            if member is None or member.kind != "network" or class_name not in member.vessel_classes:
+                raise ValueError(
+                    f"Ensemble {entry.name!r}: member {entry.members[class_name]!r} for {class_name} must be a "
+                    f"network entry of the registry that produces {class_name}."
+                )
+            members[class_name] = member
+        return members
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelRegistry:

@@ -203,11 +203,25 @@ class VesselSegLogic:
                 "voxel; choose a scalar volume."
             )
 
+    @staticmethod
+    def _checkSameGrid(node, inputVolume, role: str) -> None:
+        inputDimensions = inputVolume.GetImageData().GetDimensions()
+        dimensions = node.GetImageData().GetDimensions()
+        difference = np.abs(get_ijk_to_ras(node) - get_ijk_to_ras(inputVolume)).max()
+        if dimensions != inputDimensions or difference > GEOMETRY_TOLERANCE:
+            raise ValueError(
+                f"The {role} {node.GetName()!r} is not on the input volume's grid (dimensions "
+                f"{dimensions} vs {inputDimensions}, largest IJKToRAS difference {difference:.3g}); "
+                f"resample the {role} onto the input volume first (e.g. with the 'Resample Image (BRAINS)' "
+                "module or Segmentations > Export to labelmap with the input as reference)."
+            )
+
     def checkInputs(
         self,
         inputVolume,
         *,
         maskVolume=None,
+        companionVolumes: Mapping[str, Any] | None = None,
         outputSegmentation=None,
         modality: str = "TOF-MRA",
         method: str | None = None,
@@ -233,7 +247,7 @@ class VesselSegLogic:
             raise ValueError("No vessel class selected; tick at least one of Artery, Vein, Micro-vessel.")
         for name in classes:
             vessel_class(name)
-        produced = entry.vessel_classes if entry.kind == "network" else (preset.primary_vessel_class,)
+        produced = entry.produced_classes or (preset.primary_vessel_class,)
         if not set(produced) & set(classes):
             names = ", ".join(VESSEL_CLASS_BY_NAME[c].display_name for c in produced)
             raise ValueError(
@@ -242,16 +256,11 @@ class VesselSegLogic:
             )
         if maskVolume is not None:
             self._checkScalarVolume(maskVolume, "brain mask")
-            inputDimensions = inputVolume.GetImageData().GetDimensions()
-            maskDimensions = maskVolume.GetImageData().GetDimensions()
-            difference = np.abs(get_ijk_to_ras(maskVolume) - get_ijk_to_ras(inputVolume)).max()
-            if maskDimensions != inputDimensions or difference > GEOMETRY_TOLERANCE:
-                raise ValueError(
-                    f"The brain mask {maskVolume.GetName()!r} is not on the input volume's grid (dimensions "
-                    f"{maskDimensions} vs {inputDimensions}, largest IJKToRAS difference {difference:.3g}); "
-                    "resample the mask onto the input volume first (e.g. with the 'Resample Image (BRAINS)' "
-                    "module or Segmentations > Export to labelmap with the input as reference)."
-                )
+            self._checkSameGrid(maskVolume, inputVolume, "brain mask")
+        for companionModality, companionVolume in (companionVolumes or {}).items():
+            get_preset(companionModality)  # raises on an unknown modality, listing the presets
+            self._checkScalarVolume(companionVolume, f"{companionModality} companion volume")
+            self._checkSameGrid(companionVolume, inputVolume, f"{companionModality} companion volume")
         if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
             raise ValueError(
                 f"The output {outputSegmentation.GetName()!r} is a {outputSegmentation.GetClassName()}; "
@@ -275,6 +284,7 @@ class VesselSegLogic:
         inputVolume,
         *,
         maskVolume=None,
+        companionVolumes: Mapping[str, Any] | None = None,
         outputSegmentation=None,
         modality: str = "TOF-MRA",
         method: str | None = None,
@@ -290,6 +300,7 @@ class VesselSegLogic:
         self.checkInputs(
             inputVolume,
             maskVolume=maskVolume,
+            companionVolumes=companionVolumes,
             outputSegmentation=outputSegmentation,
             modality=modality,
             method=method,
@@ -316,6 +327,11 @@ class VesselSegLogic:
             "min_component_mm3": minimumComponentMm3,
             "keep_probabilities": keepProbabilities,
         }
+        if companionVolumes:
+            arguments["companion_images"] = {
+                modality: np.array(slicer.util.arrayFromVolume(node), copy=True)
+                for modality, node in companionVolumes.items()
+            }
         if self.registry is not None:
             arguments["registry"] = self.registry
         return VesselSegInputs(
@@ -583,6 +599,7 @@ class VesselSegLogic:
         *,
         outputSegmentation=None,
         maskVolume=None,
+        companionVolumes: Mapping[str, Any] | None = None,
         modality: str = "TOF-MRA",
         method: str | None = None,
         vesselClasses: Sequence[str] = ("artery", "vein", "micro"),
@@ -607,6 +624,9 @@ class VesselSegLogic:
             Where the segments go (segments of the produced classes are replaced); default: a new node.
         maskVolume : vtkMRMLScalarVolumeNode or vtkMRMLLabelMapVolumeNode, optional
             Brain mask (non-zero = inside) on the input's grid.
+        companionVolumes : mapping modality -> vtkMRMLScalarVolumeNode, optional
+            Co-registered images of other contrasts on the input's grid, for methods that read several
+            (VC-Net: artery from TOF-MRA, vein and micro from SWI). Never modified.
         modality : {"TOF-MRA", "SWI", "2PM"}
         method : str, optional
             Registry name (``availableMethods``); default: the modality's default method.
@@ -642,6 +662,7 @@ class VesselSegLogic:
         inputs = self.prepareInputs(
             inputVolume,
             maskVolume=maskVolume,
+            companionVolumes=companionVolumes,
             outputSegmentation=outputSegmentation,
             modality=modality,
             method=method,
