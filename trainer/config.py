@@ -43,7 +43,7 @@ from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("dice", "dice_bce")
+LOSSES = ("dice", "dice_bce", "balanced_bce_tv")
 DEVICES = ("auto", "cpu", "cuda")
 #: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
 PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
@@ -134,6 +134,8 @@ class TrainingConfig:
     patch_size_zyx: tuple[int, int, int]
     batch_size: int = 4
     learning_rate: float = 1e-4
+    #: Adam's L2 penalty (adds ``weight_decay * W`` to each gradient); gamma of the 2PM V-Net's eq. (3) is 0.01.
+    weight_decay: float = 0.0
     lr_decay_factor: float = 0.5
     lr_patience: int = 10
     early_stop_patience: int = 30
@@ -512,6 +514,7 @@ def parse_config(
         learning_rate=_number(
             t.get("learning_rate", defaults.learning_rate), "training.learning_rate", 0, 1, open_low=True
         ),
+        weight_decay=_number(t.get("weight_decay", defaults.weight_decay), "training.weight_decay", 0, 1),
         lr_decay_factor=_number(
             t.get("lr_decay_factor", defaults.lr_decay_factor),
             "training.lr_decay_factor",

@@ -217,8 +217,11 @@ class Trainer:
         return build_loss(self.config.training.loss, mip_weight=weight)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """Adam at ``learning_rate`` (VC-Net: 1e-4)."""
-        return torch.optim.Adam(model.parameters(), lr=self.config.training.learning_rate)
+        """Adam at ``learning_rate`` (VC-Net: 1e-4) with L2 ``weight_decay`` (2PM V-Net eq. 3: gamma = 0.01)."""
+        training = self.config.training
+        return torch.optim.Adam(
+            model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay
+        )
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
         """LR x ``lr_decay_factor`` after ``lr_patience`` epochs without a lower validation loss (VC-Net)."""

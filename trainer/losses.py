@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
+from trainer.losses_2pm import BalancedBCETVLoss
+
 
 def soft_dice_loss(probabilities: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Mean over classes of ``1 - soft Dice`` (VC-Net eq. (4)).
@@ -81,7 +83,8 @@ class MIPAuxiliaryLoss(nn.Module):
         super().__init__()
         self.volume_loss = volume_loss
         self.mip_weight = mip_weight
-        self.smooth = volume_loss.smooth
+        # The MIP term's Dice smoothing (eq. 4's delta): the volume loss's when it is a Dice loss.
+        self.smooth = getattr(volume_loss, "smooth", 1.0)
 
     def forward(self, output, targets: torch.Tensor) -> torch.Tensor:
         if isinstance(output, torch.Tensor):
@@ -98,15 +101,26 @@ class MIPAuxiliaryLoss(nn.Module):
 
 
 def build_loss(name: str, *, mip_weight: float | None = None) -> nn.Module:
-    """``"dice"`` -> :class:`DiceLoss`, ``"dice_bce"`` -> :class:`DiceBCELoss`; with ``mip_weight``
-    (networks with a MIP stream) wrapped in :class:`MIPAuxiliaryLoss`."""
+    """``"dice"`` -> :class:`DiceLoss`, ``"dice_bce"`` -> :class:`DiceBCELoss`, ``"balanced_bce_tv"`` ->
+    :class:`trainer.losses_2pm.BalancedBCETVLoss` (2PM V-Net eq. 3 without weight decay, which is
+    ``training.weight_decay``); with ``mip_weight`` (networks with a MIP stream) wrapped in
+    :class:`MIPAuxiliaryLoss`."""
     if name == "dice":
         loss = DiceLoss()
     elif name == "dice_bce":
         loss = DiceBCELoss()
+    elif name == "balanced_bce_tv":
+        loss = BalancedBCETVLoss()
     else:
-        raise ValueError(f"Unknown loss {name!r}; choose 'dice' or 'dice_bce'.")
+        raise ValueError(f"Unknown loss {name!r}; choose 'dice', 'dice_bce' or 'balanced_bce_tv'.")
     return loss if mip_weight is None else MIPAuxiliaryLoss(loss, mip_weight)
 
 
-__all__ = ["DiceBCELoss", "DiceLoss", "MIPAuxiliaryLoss", "build_loss", "soft_dice_loss"]
+__all__ = [
+    "BalancedBCETVLoss",
+    "DiceBCELoss",
+    "DiceLoss",
+    "MIPAuxiliaryLoss",
+    "build_loss",
+    "soft_dice_loss",
+]

@@ -112,6 +112,8 @@ def composite_tiles(mips: torch.Tensor) -> torch.Tensor:
 
     MIP ``k`` goes to tile row ``k // 2``, tile column ``k % 2`` (row-major, Fig. 3a).
     """
+    if mips.ndim != 5:
+        raise ValueError(f"Expected MIPs as a (B, C, m, K1, K2) tensor, got shape {tuple(mips.shape)}.")
     batch, channels, count, height, width = mips.shape
     if count % TILES_PER_ROW:
         raise ValueError(f"{count} MIPs cannot fill a {TILES_PER_ROW}-column composite; use an even count.")
@@ -122,9 +124,11 @@ def composite_tiles(mips: torch.Tensor) -> torch.Tensor:
 
 def split_tiles(composite: torch.Tensor, count: int) -> torch.Tensor:
     """Inverse of :func:`composite_tiles`: ``(B, C, (m / 2) K1, 2 K2) -> (B, C, m, K1, K2)``."""
+    if composite.ndim != 4:
+        raise ValueError(f"Expected a (B, C, H, W) composite, got shape {tuple(composite.shape)}.")
     batch, channels, height, width = composite.shape
     rows = count // TILES_PER_ROW
-    if count % TILES_PER_ROW or height % rows or width % TILES_PER_ROW:
+    if count < TILES_PER_ROW or count % TILES_PER_ROW or height % rows or width % TILES_PER_ROW:
         raise ValueError(
             f"A {height} x {width} composite does not split into {count} tiles of {TILES_PER_ROW} per row."
         )
@@ -162,6 +166,8 @@ def unproject_features(features: torch.Tensor, indices: torch.Tensor, depth: int
             f"Indices {tuple(indices.shape)} do not match features {tuple(features.shape)}: "
             "expected (B, 1, m, K1, K2) with the features' B, m, K1, K2."
         )
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= depth):
+        raise ValueError(f"Slice indices must lie in [0, {depth}) for a {depth}-slice patch.")
     batch, channels, _, height, width = features.shape
     index = indices.expand(-1, channels, -1, -1, -1)
     fill = torch.finfo(features.dtype).min
@@ -170,7 +176,7 @@ def unproject_features(features: torch.Tensor, indices: torch.Tensor, depth: int
     volume = volume.scatter_reduce(2, index, features, reduce="amax", include_self=False)
     selected = torch.zeros((batch, 1, depth, height, width), dtype=torch.bool, device=features.device)
     selected.scatter_(2, indices, True)
-    return volume * selected  # zeros where no MIP selected the voxel
+    return torch.where(selected, volume, torch.zeros((), dtype=volume.dtype, device=volume.device))
 
 
 def gather_at_indices(volume: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
