@@ -14,6 +14,7 @@ from VesselSegLib.graph.extraction import (
     VesselGraph,
     extract_vessel_graph,
     graph_summary,
+    skeletonize_keeping_components,
     write_graph_json,
     write_graphml,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "VesselGraph",
     "extract_vessel_graph",
     "graph_summary",
+    "skeletonize_keeping_components",
     "write_graph_json",
     "write_graphml",
 ]

@@ -19,6 +19,11 @@ from VesselSegLib.metrics.distance import (
     hd95_mm,
     surface_distances_mm,
 )
+from VesselSegLib.metrics.graph_metrics import (
+    length_correlation,
+    modified_hausdorff_per_slice_mm,
+    modified_hausdorff_slicewise_mm,
+)
 from VesselSegLib.metrics.overlap import (
     ConfusionCounts,
     as_binary_mask,
@@ -57,7 +62,10 @@ __all__ = [
     "hausdorff_distances_mm",
     "hd95_mm",
     "jaccard",
+    "length_correlation",
     "matthews_correlation",
+    "modified_hausdorff_per_slice_mm",
+    "modified_hausdorff_slicewise_mm",
     "precision",
     "sensitivity",
     "specificity",
