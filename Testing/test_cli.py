@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import networkx as nx
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -157,10 +158,25 @@ def test_ply_models_and_class_selection(tmp_path, phantom_files, tiny_resources)
     assert json.loads((out / "summary.json").read_text())["vessel_classes"] == ["vein"]
 
 
+def test_graph_outputs(tmp_path, phantom_files, tiny_resources):
+    out = tmp_path / "graph"
+    assert (
+        main(["segment", str(phantom_files[0]), "--out", str(out), "--graph", "--no-models", "--quiet"]) == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["graph"]["segments"] > 0
+    assert summary["graph"]["total_length_mm"] > 0
+    graph = nx.read_graphml(out / "graph.graphml")
+    assert graph.number_of_edges() == summary["graph"]["segments"]
+    assert json.loads((out / "graph.json").read_text())["edges"]
+    assert (out / summary["files"]["graph"]["centrelines"]).is_file()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["--method", "vcnet"], "known methods are: tiny"),
+        (["--companion", "SWI"], "--companion takes MODALITY=PATH"),
         (["--modality", "CTA"], "choose one of"),
         (["--threshold", "aorta=0.3"], "--threshold takes CLASS=VALUE"),
         (["--mask", "MISSING"], "does not exist"),

@@ -455,3 +455,27 @@ def test_write_functions_reject_bad_arguments(tmp_path, scene, input_volume):
         write_model_files({}, tmp_path, file_format="stl")
     with pytest.raises(ValueError, match="not a model node"):
         write_model_files({"artery": input_volume}, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- graph
+
+
+def test_vessel_graph_centrelines_lie_on_the_vessels_of_an_oblique_volume(scene, input_volume, phantom):
+    logic = VesselSegLogic()
+    inputs = logic.prepareInputs(input_volume, modality="TOF-MRA", method="frangi")
+    result = _ground_truth_result(phantom)
+    graph, model, table = logic.createVesselGraph(inputs, result)
+    assert graph.graph.number_of_edges() > 10
+    assert table.GetNumberOfRows() == graph.graph.number_of_edges()
+    assert table.GetTable().GetColumnByName("Length (mm)").GetValue(0) > 0
+    polydata = model.GetPolyData()
+    radius = numpy_support.vtk_to_numpy(polydata.GetPointData().GetArray("Radius"))
+    assert radius.min() > 0
+    # Back through RAS -> IJK, every centreline point falls on a vessel voxel (or touches one).
+    points_ras = numpy_support.vtk_to_numpy(polydata.GetPoints().GetData())
+    ras_to_ijk = np.linalg.inv(get_ijk_to_ras(input_volume))
+    ijk = (np.column_stack([points_ras, np.ones(len(points_ras))]) @ ras_to_ijk.T)[:, :3]
+    z, y, x = np.round(ijk[:, ::-1]).astype(int).T
+    vessel = phantom.class_map > 0
+    assert vessel[z, y, x].mean() > 0.98
+    assert model.GetDisplayNode().GetActiveScalarName() == "Radius"

@@ -146,6 +146,12 @@ def _add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--model-format", choices=("vtk", "ply"), default="vtk", help="3D model file format (default vtk)."
     )
     parser.add_argument("--no-models", action="store_true", help="Skip 3D surface models.")
+    parser.add_argument(
+        "--graph",
+        action="store_true",
+        help="Also write the vessel graph (graph.graphml, graph.json, centrelines model coloured by radius) "
+        "and its figures in summary.json.",
+    )
     parser.add_argument("--force", action="store_true", help="Replace DIR if it exists.")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
 
@@ -256,6 +262,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             createProbabilityVolumes=False,
             keepProbabilities=args.probabilities,
             createModels=not args.no_models,
+            createGraph=args.graph,
             progressCallback=progress,
         )
         result = outputs.result
@@ -269,6 +276,15 @@ def run_segment(args: argparse.Namespace) -> dict:
             model_files = write_model_files(
                 outputs.modelNodes, staging / "models", file_format=args.model_format
             )
+        graph_files = {}
+        if outputs.graph is not None:
+            outputs.graph.write_graphml(staging / "graph.graphml")
+            outputs.graph.write_json(staging / "graph.json")
+            graph_files = {"graphml": "graph.graphml", "json": "graph.json"}
+            centrelines = write_model_files(
+                {"centrelines": outputs.graphModelNode}, staging / "models", file_format=args.model_format
+            )["centrelines"]
+            graph_files["centrelines"] = str(centrelines.relative_to(staging))
         probability_files = {}
         if args.probabilities:
             for name, probability in result.probabilities.items():
@@ -302,6 +318,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             "vessel_classes": list(result.vessel_classes),
             "volume_mm3": result.volumes_mm3(volume.spacing_zyx),
             "metrics_against_reference": metrics,
+            "graph": None if outputs.graph is None else outputs.graph.summary(),
             "voxel_count": {name: int(result.binary_mask(name).sum()) for name in result.vessel_classes},
             "run_time_s": {
                 "read": round(read_seconds, 3),
@@ -318,6 +335,7 @@ def run_segment(args: argparse.Namespace) -> dict:
                 "models": {name: str(Path(p).relative_to(staging)) for name, p in model_files.items()},
                 "probabilities": probability_files,
                 "preview": "preview.png",
+                "graph": graph_files,
             },
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         }

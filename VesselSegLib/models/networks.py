@@ -8,12 +8,14 @@ from torch import nn
 
 from VesselSegLib.models.unet3d import UNet3D
 from VesselSegLib.models.vcnet import VCNet
+from VesselSegLib.models.vnet import VNet3D
 
 # Architecture name (as written in checkpoints and models.json) -> class. Later models (V-Net, ...)
 # register here.
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {
     "UNet3D": UNet3D,
     "VCNet": VCNet,
+    "VNet3D": VNet3D,
 }
 
 

@@ -110,6 +110,12 @@ class VesselSegOutputs:
     modelNodes: dict[str, Any]
     folderItemId: int
     result: SegmentationResult = field(repr=False)
+    graph: Any = None
+    """``VesselSegLib.graph.VesselGraph`` of the segmented vessels when asked for (``createGraph``)."""
+    graphModelNode: Any = None
+    """Centrelines as a model coloured by radius (mm)."""
+    graphTableNode: Any = None
+    """One row per vessel segment: kind, length, mean radius, tortuosity."""
 
 
 def _report(callback: ProgressCallback | None, fraction: float, message: str) -> None:
@@ -610,6 +616,7 @@ class VesselSegLogic:
         minimumComponentMm3: float | None = None,
         createProbabilityVolumes: bool = False,
         createModels: bool = True,
+        createGraph: bool = False,
         keepProbabilities: bool | None = None,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
@@ -642,6 +649,9 @@ class VesselSegLogic:
         minimumComponentMm3 : float, optional
             Connected components smaller than this (mm^3) are removed; default: the preset's.
         createProbabilityVolumes, createModels : bool
+        createGraph : bool
+            Also extract the vessel graph (centrelines, lengths, radii, tortuosity) and add it as a model
+            coloured by radius and a table node (``createVesselGraph``).
         keepProbabilities : bool, optional
             Keep the probability maps in ``outputs.result.probabilities`` (e.g. to write them to files);
             default: ``createProbabilityVolumes``.
@@ -680,7 +690,7 @@ class VesselSegLogic:
             cancelCheck=cancelCheck,
         )
         _checkCancel(cancelCheck)
-        return self.addResultsToScene(
+        outputs = self.addResultsToScene(
             inputs,
             result,
             outputSegmentation=outputSegmentation,
@@ -689,3 +699,28 @@ class VesselSegLogic:
             progressCallback=_scaled(progressCallback, COMPUTE_PROGRESS_FRACTION, 1.0),
             cancelCheck=cancelCheck,
         )
+        if createGraph:
+            outputs.graph, outputs.graphModelNode, outputs.graphTableNode = self.createVesselGraph(
+                inputs, result
+            )
+        return outputs
+
+    @staticmethod
+    def createVesselGraph(inputs: VesselSegInputs, result: SegmentationResult, vesselClasses=None):
+        """Centreline graph of the segmented vessels (all produced classes, or ``vesselClasses``), added to
+        the input's scene as a model coloured by radius and a table of segments.
+
+        Returns
+        -------
+        (VesselGraph, vtkMRMLModelNode, vtkMRMLTableNode)
+        """
+        from VesselSegLib.graph import extract_vessel_graph
+        from VesselSegLib.mrml.graph_nodes import add_vessel_graph_to_scene
+
+        classes = tuple(vesselClasses or result.vessel_classes)
+        labels = [VESSEL_CLASS_BY_NAME[name].label_value for name in classes]
+        graph = extract_vessel_graph(np.isin(result.class_map, labels), inputs.spacingZYX)
+        model, table = add_vessel_graph_to_scene(
+            inputs.inputVolume.GetScene(), graph, inputs.ijkToRAS, f"{inputs.inputVolume.GetName()} vessel"
+        )
+        return graph, model, table
