@@ -1,0 +1,55 @@
+"""The lightweight V-Net of the 2PM paper (section 4.3): size, shapes, batch normalisation, registry build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from VesselSegLib.models.networks import build_network
+from VesselSegLib.models.unet3d import count_parameters
+from VesselSegLib.models.vnet import VNet3D
+
+
+def test_default_size_is_the_published_one():
+    # The paper's reference model has "about 153k parameters" with 4 base channels.
+    assert abs(count_parameters(VNet3D()) - 153_000) < 1_000
+
+
+def test_output_has_the_input_size_and_every_convolution_is_batch_normalised():
+    network = VNet3D(out_channels=2).eval()
+    image = torch.rand(1, 1, 16, 32, 40)
+    assert network(image).shape == (1, 2, 16, 32, 40)
+    convolutions = [
+        m
+        for m in network.modules()
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.kernel_size != (1, 1, 1)
+    ]
+    norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm3d)]
+    # Every spatial convolution is followed by batch normalisation (only 1x1x1 projections are not).
+    assert len(norms) == len(convolutions) == 21
+    assert network.size_divisor_zyx == (8, 8, 8)
+
+
+def test_one_training_step_changes_batch_norm_statistics_and_lowers_the_loss():
+    torch.manual_seed(0)
+    network = VNet3D()
+    image = torch.rand(2, 1, 16, 32, 32)
+    target = (image > 0.7).float()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(network(image), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    first_norm = next(m for m in network.modules() if isinstance(m, nn.BatchNorm3d))
+    assert int(first_norm.num_batches_tracked) == 5
+
+
+def test_registry_data_rebuilds_it_and_bad_arguments_are_refused():
+    assert isinstance(build_network("VNet3D", {"base_channels": 4, "levels": 4}), VNet3D)
+    with pytest.raises(ValueError, match="convolutions_per_stage"):
+        VNet3D(levels=3, convolutions_per_stage=[1, 2])
