@@ -172,3 +172,22 @@ def test_bad_requests_raise_clear_errors(tof_case, tiny_registry, kwargs, messag
 def test_bad_spacing_is_rejected(tof_case, tiny_registry, spacing):
     with pytest.raises(ValueError, match="spacing"):
         segment_image(tof_case.image, spacing, registry=tiny_registry)
+
+
+def test_microscopy_preprocessing_is_applied_recorded_and_leaves_the_input_alone():
+    case = make_phantom_case("2PM", (16, 48, 48), seed=3)
+    image = case.image * 4
+    before = image.copy()
+    options = {"intensity_scale": 0.25, "subtract_slice_median": True, "median_size": 3}
+    result = segment_image(
+        image, case.spacing_zyx, modality="2PM", method="frangi", microscopy_preprocessing=options
+    )
+    np.testing.assert_array_equal(image, before)
+    assert result.preprocessing["steps"] == ["scale_intensity", "subtract_slice_median", "median_filter_3d"]
+    assert result.preprocessing["intensity_scale"] == 0.25
+    with pytest.raises(ValueError, match="stores no intensity reference"):
+        segment_image(
+            image, case.spacing_zyx, modality="2PM", microscopy_preprocessing={"intensity_scale": "auto"}
+        )
+    with pytest.raises(ValueError, match="Unknown microscopy preprocessing options"):
+        segment_image(image, case.spacing_zyx, modality="2PM", microscopy_preprocessing={"gamma": 2})

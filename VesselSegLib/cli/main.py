@@ -56,6 +56,21 @@ def _parse_thresholds(items: Sequence[str] | None) -> dict[str, float]:
     return thresholds
 
 
+def _microscopy_options(args: argparse.Namespace) -> dict | None:
+    scale = args.intensity_scale
+    if scale is not None and scale != "auto":
+        try:
+            scale = float(scale)
+        except ValueError:
+            raise CommandError(f"--intensity-scale takes 'auto' or a number, got {scale!r}.") from None
+    options = {
+        "intensity_scale": scale,
+        "subtract_slice_median": args.subtract_slice_median,
+        "median_size": args.median_filter,
+    }
+    return options if any(value not in (None, False) for value in options.values()) else None
+
+
 def _is_ensemble(method: str | None, modality: str) -> bool:
     from VesselSegLib.models.registry import ModelRegistry
 
@@ -146,6 +161,23 @@ def _add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--model-format", choices=("vtk", "ply"), default="vtk", help="3D model file format (default vtk)."
     )
     parser.add_argument("--no-models", action="store_true", help="Skip 3D surface models.")
+    parser.add_argument(
+        "--intensity-scale",
+        default=None,
+        metavar="auto|FACTOR",
+        help="2PM stacks from another microscope: multiply intensities by FACTOR, or 'auto' to match the "
+        "model's training data by robust percentiles.",
+    )
+    parser.add_argument(
+        "--subtract-slice-median", action="store_true", help="2PM: subtract each slice's median first."
+    )
+    parser.add_argument(
+        "--median-filter",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="2PM: 3D median filter (e.g. 3) first.",
+    )
     parser.add_argument(
         "--graph",
         action="store_true",
@@ -263,6 +295,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             keepProbabilities=args.probabilities,
             createModels=not args.no_models,
             createGraph=args.graph,
+            microscopyPreprocessing=_microscopy_options(args),
             progressCallback=progress,
         )
         result = outputs.result
@@ -319,6 +352,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             "volume_mm3": result.volumes_mm3(volume.spacing_zyx),
             "metrics_against_reference": metrics,
             "graph": None if outputs.graph is None else outputs.graph.summary(),
+            "preprocessing": result.preprocessing or None,
             "voxel_count": {name: int(result.binary_mask(name).sum()) for name in result.vessel_classes},
             "run_time_s": {
                 "read": round(read_seconds, 3),

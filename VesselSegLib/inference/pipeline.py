@@ -48,6 +48,8 @@ class SegmentationResult:
     device: str
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)
+    """What ``microscopy_preprocessing`` did (scale factor, slice medians, filter), JSON-ready; empty if off."""
 
     def binary_mask(self, class_name: str) -> np.ndarray:
         """Voxels labelled ``class_name``, shape (Z, Y, X), bool."""
@@ -92,6 +94,40 @@ def _select_classes(entry: ModelEntry, requested: Sequence[str] | None, primary:
             f"({', '.join(requested)}); choose another method or class."
         )
     return kept
+
+
+MICROSCOPY_OPTIONS = ("intensity_scale", "subtract_slice_median", "median_size")
+
+
+def _preprocess_microscopy(
+    data: np.ndarray, options: Mapping[str, object], entry: ModelEntry
+) -> tuple[np.ndarray, dict]:
+    from VesselSegLib.preprocessing import preprocess_microscopy_stack
+
+    unknown = set(options) - set(MICROSCOPY_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"Unknown microscopy preprocessing options {sorted(unknown)}; use {MICROSCOPY_OPTIONS}."
+        )
+    scale = options.get("intensity_scale")
+    reference = None
+    if scale == "auto":
+        if not entry.intensity_reference:
+            raise ValueError(
+                f"Method {entry.name!r} stores no intensity reference of its training data, so the intensity "
+                "scale cannot be estimated; give the factor as a number instead of 'auto'."
+            )
+        reference = entry.intensity_reference
+        scale = None
+    processed, record = preprocess_microscopy_stack(
+        data,
+        reference_percentiles=None if reference is None else reference["values"],
+        percentiles=(50, 99.5) if reference is None else reference["percentiles"],
+        scale_factor=None if scale is None else float(scale),
+        subtract_median=bool(options.get("subtract_slice_median", False)),
+        median_size=options.get("median_size"),
+    )
+    return processed, record
 
 
 def _predict_network(
@@ -146,6 +182,7 @@ def segment_image(
     cancel: Callable[[], bool] | None = None,
     registry: ModelRegistry | None = None,
     companion_images: Mapping[str, np.ndarray] | None = None,
+    microscopy_preprocessing: Mapping[str, object] | None = None,
 ) -> SegmentationResult:
     """Segment the vessels of one volume into artery, vein and micro-vessel classes.
 
@@ -182,6 +219,11 @@ def segment_image(
         Co-registered images of other modalities on the input's grid, for ensembles whose members read
         another contrast (VC-Net: artery from TOF-MRA, vein and micro from SWI). Other methods ignore them.
         Classes whose member has no image are skipped with a warning.
+    microscopy_preprocessing : mapping, optional
+        The 2PM paper's preprocessing for stacks from another microscope (section 4.2), applied before the
+        preset's normalisation: ``{"intensity_scale": "auto" | float | None, "subtract_slice_median": bool,
+        "median_size": int | None}``. "auto" estimates the factor against the intensity percentiles of the
+        model's training data (``intensity_reference`` in its registry entry).
 
     Returns
     -------
@@ -217,6 +259,9 @@ def segment_image(
     target_device = resolve_device(device)
     _check_cancel(cancel)
 
+    preprocessing_record: dict = {}
+    if microscopy_preprocessing:
+        data, preprocessing_record = _preprocess_microscopy(data, microscopy_preprocessing, entry)
     _report(progress, 0.0, f"Normalising ({preset.name})")
     tick = time.perf_counter()
     # Bright-vessel presets are normalised over the whole volume, as the trainer does for them; the mask then
@@ -352,6 +397,7 @@ def segment_image(
         device=str(target_device) if entry.kind != "vesselness" else "cpu",
         seconds=time.perf_counter() - started,
         timings=timings,
+        preprocessing=preprocessing_record,
     )
 
 

@@ -301,6 +301,7 @@ class VesselSegLogic:
         thresholds: Mapping[str, float] | None = None,
         minimumComponentMm3: float | None = None,
         keepProbabilities: bool = False,
+        microscopyPreprocessing: Mapping[str, Any] | None = None,
     ) -> VesselSegInputs:
         """Check the inputs and copy the voxels (main thread). See ``process`` for the parameters."""
         self.checkInputs(
@@ -332,6 +333,7 @@ class VesselSegLogic:
             "thresholds": None if thresholds is None else dict(thresholds),
             "min_component_mm3": minimumComponentMm3,
             "keep_probabilities": keepProbabilities,
+            "microscopy_preprocessing": dict(microscopyPreprocessing) if microscopyPreprocessing else None,
         }
         if companionVolumes:
             arguments["companion_images"] = {
@@ -618,6 +620,7 @@ class VesselSegLogic:
         createModels: bool = True,
         createGraph: bool = False,
         keepProbabilities: bool | None = None,
+        microscopyPreprocessing: Mapping[str, Any] | None = None,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
     ) -> VesselSegOutputs:
@@ -652,6 +655,9 @@ class VesselSegLogic:
         createGraph : bool
             Also extract the vessel graph (centrelines, lengths, radii, tortuosity) and add it as a model
             coloured by radius and a table node (``createVesselGraph``).
+        microscopyPreprocessing : mapping, optional
+            2PM stacks from another microscope: ``{"intensity_scale": "auto" | factor, "subtract_slice_median":
+            bool, "median_size": 3}`` (see ``segment_image``).
         keepProbabilities : bool, optional
             Keep the probability maps in ``outputs.result.probabilities`` (e.g. to write them to files);
             default: ``createProbabilityVolumes``.
@@ -683,6 +689,7 @@ class VesselSegLogic:
             thresholds=thresholds,
             minimumComponentMm3=minimumComponentMm3,
             keepProbabilities=createProbabilityVolumes if keepProbabilities is None else keepProbabilities,
+            microscopyPreprocessing=microscopyPreprocessing,
         )
         result = self.computeSegmentation(
             inputs,
