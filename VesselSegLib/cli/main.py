@@ -58,11 +58,6 @@ def _parse_thresholds(items: Sequence[str] | None) -> dict[str, float]:
 
 def _microscopy_options(args: argparse.Namespace) -> dict | None:
     scale = args.intensity_scale
-    if scale is not None and scale != "auto":
-        try:
-            scale = float(scale)
-        except ValueError:
-            raise CommandError(f"--intensity-scale takes 'auto' or a number, got {scale!r}.") from None
     options = {
         "intensity_scale": scale,
         "subtract_slice_median": args.subtract_slice_median,
@@ -163,10 +158,11 @@ def _add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-models", action="store_true", help="Skip 3D surface models.")
     parser.add_argument(
         "--intensity-scale",
+        type=float,
         default=None,
-        metavar="auto|FACTOR",
-        help="2PM stacks from another microscope: multiply intensities by FACTOR, or 'auto' to match the "
-        "model's training data by robust percentiles.",
+        metavar="FACTOR",
+        help="2PM: multiply intensities by FACTOR first (the paper's manual matching; the presets' percentile "
+        "normalisation already matches any linear scale automatically).",
     )
     parser.add_argument(
         "--subtract-slice-median", action="store_true", help="2PM: subtract each slice's median first."

@@ -99,9 +99,7 @@ def _select_classes(entry: ModelEntry, requested: Sequence[str] | None, primary:
 MICROSCOPY_OPTIONS = ("intensity_scale", "subtract_slice_median", "median_size")
 
 
-def _preprocess_microscopy(
-    data: np.ndarray, options: Mapping[str, object], entry: ModelEntry
-) -> tuple[np.ndarray, dict]:
+def _preprocess_microscopy(data: np.ndarray, options: Mapping[str, object]) -> tuple[np.ndarray, dict]:
     from VesselSegLib.preprocessing import preprocess_microscopy_stack
 
     unknown = set(options) - set(MICROSCOPY_OPTIONS)
@@ -110,19 +108,8 @@ def _preprocess_microscopy(
             f"Unknown microscopy preprocessing options {sorted(unknown)}; use {MICROSCOPY_OPTIONS}."
         )
     scale = options.get("intensity_scale")
-    reference = None
-    if scale == "auto":
-        if not entry.intensity_reference:
-            raise ValueError(
-                f"Method {entry.name!r} stores no intensity reference of its training data, so the intensity "
-                "scale cannot be estimated; give the factor as a number instead of 'auto'."
-            )
-        reference = entry.intensity_reference
-        scale = None
     processed, record = preprocess_microscopy_stack(
         data,
-        reference_percentiles=None if reference is None else reference["values"],
-        percentiles=(50, 99.5) if reference is None else reference["percentiles"],
         scale_factor=None if scale is None else float(scale),
         subtract_median=bool(options.get("subtract_slice_median", False)),
         median_size=options.get("median_size"),
@@ -221,9 +208,12 @@ def segment_image(
         Classes whose member has no image are skipped with a warning.
     microscopy_preprocessing : mapping, optional
         The 2PM paper's preprocessing for stacks from another microscope (section 4.2), applied before the
-        preset's normalisation: ``{"intensity_scale": "auto" | float | None, "subtract_slice_median": bool,
-        "median_size": int | None}``. "auto" estimates the factor against the intensity percentiles of the
-        model's training data (``intensity_reference`` in its registry entry).
+        preset's normalisation: ``{"intensity_scale": float | None, "subtract_slice_median": bool,
+        "median_size": int | None}``. The paper picks a linear intensity factor by hand to match a new
+        microscope to its training data; our presets already map each volume's robust percentiles onto
+        those of the training data (``normalize_intensity``), which makes the result the same for any
+        positive factor, so the factor is estimated automatically, in effect, and "intensity_scale" is kept
+        only for parity with the paper.
 
     Returns
     -------
@@ -261,7 +251,7 @@ def segment_image(
 
     preprocessing_record: dict = {}
     if microscopy_preprocessing:
-        data, preprocessing_record = _preprocess_microscopy(data, microscopy_preprocessing, entry)
+        data, preprocessing_record = _preprocess_microscopy(data, microscopy_preprocessing)
     _report(progress, 0.0, f"Normalising ({preset.name})")
     tick = time.perf_counter()
     # Bright-vessel presets are normalised over the whole volume, as the trainer does for them; the mask then

@@ -66,9 +66,6 @@ class ModelEntry:
     thresholds: dict[str, float] = field(default_factory=dict)
     card: str | None = None
     members: dict[str, str] = field(default_factory=dict)
-    #: {"percentiles": [...], "values": [...]} of the raw training intensities, for the 2PM preprocessing's
-    #: automatic intensity scale (``segment_image(microscopy_preprocessing={"intensity_scale": "auto"})``).
-    intensity_reference: dict[str, list[float]] = field(default_factory=dict)
     directory: Path = field(default_factory=Path)
 
     @property
@@ -124,7 +121,6 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
             thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
             card=raw.get("card"),
             members={str(k): str(v) for k, v in raw.get("members", {}).items()},
-            intensity_reference=dict(raw.get("intensity_reference", {})),
             directory=directory,
         )
     except KeyError as missing:
