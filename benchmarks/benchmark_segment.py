@@ -14,14 +14,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
+from measured_process import run_measured
 
 from VesselSegLib.io import Volume, read_volume, write_volume
 from VesselSegLib.metrics import cldice, dice
@@ -47,26 +45,9 @@ def _run_method(input_path: Path, method: str, out: Path, device: str) -> dict:
         device,
         "--quiet",
     ]
-    started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Read the pipes on threads so a chatty child cannot block, and reap it with wait4, whose rusage is
-    # this child's alone (RUSAGE_CHILDREN would keep the largest peak of all children so far).
-    outputs: dict[str, str] = {}
-    readers = [
-        threading.Thread(target=lambda name=name, pipe=pipe: outputs.__setitem__(name, pipe.read()))
-        for name, pipe in (("stdout", child.stdout), ("stderr", child.stderr))
-    ]
-    for reader in readers:
-        reader.start()
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    for reader in readers:
-        reader.join()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{method} failed: {outputs.get('stderr', '').strip()}")
+    run = run_measured(command, method)
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "summary": summary}
+    return {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"], "summary": summary}
 
 
 def _score(out: Path, reference: np.ndarray, class_names: list[str]) -> dict:

@@ -2,6 +2,7 @@
 
     vesselseg segment INPUT --modality TOF-MRA --out DIR [--method NAME] [--mask MASK] [--probabilities] ...
     vesselseg demo [--out DIR]          # the bundled sample volume
+    vesselseg stream STACK --out DIR [--tile Z Y X]   # stacks larger than memory, tile by tile
     vesselseg methods                    # the model registry
 
 The output folder is written whole or not at all: everything goes to a hidden temporary folder beside it
@@ -200,7 +201,90 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_segment_options(demo)
     commands.add_parser("methods", help="List the methods of the model registry.")
+    _add_stream_command(commands)
     return parser
+
+
+def _add_stream_command(commands) -> None:
+    stream = commands.add_parser(
+        "stream",
+        help="Segment a stack larger than memory tile by tile (probabilities.npy, labels.nrrd).",
+        description="Reads tiles from a TIFF stack, raw NRRD or .npy file and writes the probabilities and "
+        "the class map tile by tile, so memory stays bounded whatever the stack size. No MRML scene, "
+        "models, preview or small-component removal: use 'segment' for volumes that fit in memory.",
+    )
+    stream.add_argument("input", type=Path, help="Stack: .tif/.tiff, raw .nrrd/.nhdr, or .npy.")
+    stream.add_argument(
+        "--out", type=Path, required=True, help="Output folder (created; its parent must exist)."
+    )
+    stream.add_argument("--modality", default="2PM", help="Modality preset (default 2PM).")
+    stream.add_argument("--method", default=None, help="A registry network (default: the preset's).")
+    stream.add_argument(
+        "--spacing",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        help="Voxel size in mm if the file has none.",
+    )
+    stream.add_argument(
+        "--tile", nargs=3, type=int, metavar=("Z", "Y", "X"), help="Tile core size (default 128 512 512)."
+    )
+    stream.add_argument("--patch-size", nargs=3, type=int, metavar=("Z", "Y", "X"), help="Window size.")
+    stream.add_argument("--overlap", type=float, default=None, help="Window overlap fraction in [0, 1).")
+    stream.add_argument("--batch-size", type=int, default=2, help="Windows per forward pass (default 2).")
+    stream.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto).")
+    stream.add_argument(
+        "--threshold", action="append", metavar="CLASS=VALUE", help="Probability threshold per class."
+    )
+    stream.add_argument(
+        "--output-dtype",
+        default="float16",
+        choices=("float16", "uint8", "float32"),
+        help="Type of probabilities.npy (default float16).",
+    )
+    stream.add_argument("--force", action="store_true", help="Replace DIR if it exists.")
+    stream.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
+def run_stream(args: argparse.Namespace) -> dict:
+    """``vesselseg stream``: bounded-memory segmentation of ``args.input`` into ``args.out``."""
+    from VesselSegLib.inference.large_volume import segment_large_volume
+    from VesselSegLib.inference.streaming import DEFAULT_TILE_SIZE_ZYX
+
+    thresholds = _parse_thresholds(args.threshold)
+    started = time.perf_counter()
+    staging = _prepare_output(args.out, args.force)
+    progress, close_bar = _progress_bar(args.quiet)
+    try:
+        summary = segment_large_volume(
+            args.input,
+            staging,
+            modality=args.modality,
+            method=args.method,
+            spacing_zyx=None if args.spacing is None else tuple(reversed(args.spacing)),
+            tile_size_zyx=tuple(args.tile) if args.tile else DEFAULT_TILE_SIZE_ZYX,
+            patch_size_zyx=tuple(args.patch_size) if args.patch_size else None,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            device=args.device,
+            thresholds=thresholds or None,
+            output_dtype=args.output_dtype,
+            progress=progress,
+        )
+        summary = {"vesselseg_version": __version__, "input": str(args.input), **summary}
+        summary["run_time_s"]["total"] = round(time.perf_counter() - started, 3)
+        summary["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        out = args.out.expanduser().absolute()
+        if out.exists():  # --force: swap the old folder out only once the new one is complete
+            shutil.rmtree(out)
+        os.replace(staging, out)
+        return summary
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        close_bar()
 
 
 def _progress_bar(quiet: bool):
@@ -421,6 +505,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "methods":
             run_methods()
+            return 0
+        if args.command == "stream":
+            summary = run_stream(args)
+            volumes = ", ".join(f"{k} {v:.4g} mm3" for k, v in summary["volume_mm3"].items())
+            print(
+                f"Wrote {args.out.expanduser().absolute()} ({summary['method']}, "
+                f"{summary['run_time_s']['total']:.1f} s, {summary['tiles']} tiles): {volumes}"
+            )
             return 0
         if args.command == "demo":
             from VesselSegLib.resources import sample_data_dir
