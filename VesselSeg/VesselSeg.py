@@ -129,9 +129,13 @@ class VesselSegParameterNode:
     veinThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     microThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     minimumComponentMm3: Annotated[float, WithinRange(-1.0, 1.0e6)] = -1.0
+    subtractSliceMedian: bool = False
+    medianFilter: bool = False
+    intensityScale: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     outputSegmentation: vtkMRMLSegmentationNode | None
     createModels: bool = True
     createProbabilityVolumes: bool = False
+    createGraph: bool = False
 
 
 #
@@ -255,6 +259,12 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if value > 0
         }
         companion = parameters.companionVolume
+        microscopy = {
+            "subtract_slice_median": parameters.subtractSliceMedian,
+            "median_size": 3 if parameters.medianFilter else None,
+            "intensity_scale": parameters.intensityScale or None,
+        }
+        microscopy = {key: value for key, value in microscopy.items() if value}
         return {
             "maskVolume": parameters.maskVolume,
             "companionVolumes": {parameters.companionModality: companion} if companion else None,
@@ -269,6 +279,7 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "minimumComponentMm3": None
             if parameters.minimumComponentMm3 < 0
             else parameters.minimumComponentMm3,
+            "microscopyPreprocessing": microscopy or None,
         }
 
     def _updateApplyButton(self) -> None:
@@ -426,6 +437,7 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "outputSegmentation": outputSegmentation,
             "createProbabilityVolumes": createProbabilityVolumes,
             "createModels": self._parameterNode.createModels,
+            "createGraph": self._parameterNode.createGraph,
         }
         self._runState = state
 
@@ -500,6 +512,10 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.outputSegmentation = outputs.segmentationNode
                 outputs.segmentationNode.CreateClosedSurfaceRepresentation()
                 result = outputs.result
+                if state["createGraph"]:
+                    self.ui.statusLabel.text = _("Extracting the vessel graph...")
+                    slicer.app.processEvents()
+                    self.logic.createVesselGraph(state["inputs"], result)
                 volumes = result.volumes_mm3(state["inputs"].spacingZYX)
                 summary = ", ".join(
                     f"{VESSEL_CLASS_BY_NAME[name].display_name} {volume:.1f} mm³"
