@@ -100,7 +100,9 @@ def main() -> None:
     report = {}
     for method in methods:
         started = time.perf_counter()
-        report[method] = {"phantom_tof_mra": evaluate_phantoms(method, registry)}
+        report[method] = {}
+        if "TOF-MRA" in registry.get(method).modalities:  # 2PM-only models skip the TOF-MRA phantoms
+            report[method]["phantom_tof_mra"] = evaluate_phantoms(method, registry)
         if root.is_dir() and "2PM" in registry.get(method).modalities:
             report[method]["vesselnn"] = evaluate_vesselnn(method, registry, root)
         report[method]["seconds"] = time.perf_counter() - started
@@ -109,7 +111,7 @@ def main() -> None:
     print("| method | class | " + " | ".join(METRICS) + " |")
     print("|---|---|" + "---|" * len(METRICS))
     for method, scores in report.items():
-        for key, values in scores["phantom_tof_mra"].items():
+        for key, values in scores.get("phantom_tof_mra", {}).items():
             print(f"| {method} | {key} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
     if any("vesselnn" in s for s in report.values()):
         print(f"\n# VesselNN held-out case(s) {VESSELNN_HELD_OUT}, 2PM preset, all vessels")
