@@ -49,7 +49,7 @@ def render_preview(
             np.round(np.arange(int(round(picture.shape[0] * aspect))) / aspect), 0, picture.shape[0] - 1
         )
         picture = picture[rows.astype(int)]
-    return picture
+    return np.clip(picture, 0.0, 1.0, out=picture)  # float32 blending can overshoot 1 by an ulp
 
 
 def write_preview(
