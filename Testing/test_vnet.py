@@ -43,7 +43,7 @@ def test_one_training_step_changes_batch_norm_statistics_and_lowers_the_loss():
         loss = nn.functional.binary_cross_entropy_with_logits(network(image), target)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     first_norm = next(m for m in network.modules() if isinstance(m, nn.BatchNorm3d))
     assert int(first_norm.num_batches_tracked) == 5
