@@ -101,12 +101,37 @@ def seconds_for_vcnet_ensemble(registry: ModelRegistry) -> float:
     return time.perf_counter() - started
 
 
+def _update_cards(rows: list[dict], registry: ModelRegistry) -> None:
+    """Record each scored model's test-set figures (and its twin's) in its model card."""
+    for row in rows:
+        if row["method"] not in registry.names or "dice" not in row:
+            continue
+        entry = registry.get(row["method"])
+        twins = [r for r in rows if r.get("class") == row["class"] and "dice" in r]
+        card = json.loads(entry.card_path.read_text())
+        card["evaluation"] = {
+            "command": "python benchmarks/compare_vcnet.py --classes " + row["class"] + " --update-cards",
+            "date": time.strftime("%Y-%m-%d"),
+            "phantom_test_set": {
+                "modality": row["modality"],
+                "shape_zyx": list(TEST_SHAPE_ZYX),
+                "spacing_zyx": list(SPACING_ZYX),
+                "seeds": list(TEST_SEEDS),
+            },
+            "scores": {r["method"]: {m: r[m] for m in METRICS} for r in twins},
+        }
+        entry.card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--no-timing", action="store_true", help="Skip the 448 x 448 x 128 timing.")
     parser.add_argument("--no-scores", action="store_true", help="Timing only (on a quiet machine).")
     parser.add_argument("--json", default=None, help="Also write the numbers here.")
+    parser.add_argument(
+        "--update-cards", action="store_true", help="Write each model's scores into its model card."
+    )
     args = parser.parse_args()
     registry = ModelRegistry.default()
 
@@ -165,6 +190,8 @@ def main() -> None:
             f"\nWhole VC-Net method (3 networks, TOF-MRA + SWI) on one 448 x 448 x 128 phantom: {ensemble_seconds:.1f} s"
         )
         rows.append({"method": "vcnet", "seconds_448x448x128": ensemble_seconds})
+    if args.update_cards and not args.no_scores:
+        _update_cards(rows, registry)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"seeds": TEST_SEEDS, "shape_zyx": TEST_SHAPE_ZYX, "rows": rows}, handle, indent=2)
