@@ -65,7 +65,12 @@ def evaluate_vesselnn(method: str, registry: ModelRegistry, root: Path) -> dict[
         image = read_volume(
             root / "images" / f"{name}.tif", metadata_path=root / "metadata" / f"{name}.xml.txt"
         )
-        labels = read_volume(root / "labels" / f"{name}.tif").array > 0
+        labels = (
+            read_volume(
+                root / "labels" / f"{name}.tif", metadata_path=root / "metadata" / f"{name}.xml.txt"
+            ).array
+            > 0
+        )
         result = segment_image(
             image.array,
             image.spacing_zyx,

@@ -656,7 +656,7 @@ class VesselSegLogic:
             Also extract the vessel graph (centrelines, lengths, radii, tortuosity) and add it as a model
             coloured by radius and a table node (``createVesselGraph``).
         microscopyPreprocessing : mapping, optional
-            2PM stacks from another microscope: ``{"intensity_scale": "auto" | factor, "subtract_slice_median":
+            2PM stacks from another microscope: ``{"intensity_scale": None | factor, "subtract_slice_median":
             bool, "median_size": 3}`` (see ``segment_image``).
         keepProbabilities : bool, optional
             Keep the probability maps in ``outputs.result.probabilities`` (e.g. to write them to files);
