@@ -296,3 +296,47 @@ def test_preprocessing_options_and_errors():
         preprocess_microscopy_stack(stack, median_size=4)
     with pytest.raises(ValueError, match="constant"):
         preprocess_microscopy_stack(np.ones((4, 4, 4)))
+
+
+def test_auto_intensity_scale_is_estimated_against_the_model_card_and_leaves_the_segmentation_unchanged():
+    from VesselSegLib.inference.pipeline import segment_image
+    from VesselSegLib.models.registry import ModelRegistry
+    from VesselSegLib.phantoms import make_phantom_case
+
+    registry = ModelRegistry.default()
+    percentiles, reference = registry.get("vnet-2pm").intensity_reference()
+    assert percentiles == (50.0, 99.5) and reference[1] > reference[0] > 0
+    case = make_phantom_case("2PM", (16, 64, 64), seed=4250)
+    runs = {}
+    for gain in (1.0, 16.0):  # the same stack as a 16x brighter microscope would record it
+        runs[gain] = segment_image(
+            case.image * gain,
+            case.spacing_zyx,
+            modality="2PM",
+            method="vnet-2pm",
+            device="cpu",
+            microscopy_preprocessing={"intensity_scale": "auto"},
+        )
+    records = {gain: run.preprocessing for gain, run in runs.items()}
+    assert records[1.0]["intensity_scale_source"] == "estimated"
+    assert records[1.0]["reference_percentiles"] == list(reference)
+    assert records[1.0]["intensity_scale"] / records[16.0]["intensity_scale"] == pytest.approx(16.0, rel=1e-3)
+    # Percentile normalisation absorbs the linear factor: the same voxels are vessels.
+    np.testing.assert_array_equal(runs[1.0].class_map, runs[16.0].class_map)
+    assert runs[1.0].class_map.any()
+    with pytest.raises(ValueError, match="no intensity reference"):
+        segment_image(
+            case.image,
+            case.spacing_zyx,
+            modality="2PM",
+            method="frangi",
+            microscopy_preprocessing={"intensity_scale": "auto"},
+        )
+    with pytest.raises(ValueError, match="positive number or 'auto'"):
+        segment_image(
+            case.image,
+            case.spacing_zyx,
+            modality="2PM",
+            method="vnet-2pm",
+            microscopy_preprocessing={"intensity_scale": "bright"},
+        )

@@ -246,3 +246,22 @@ def test_demo_with_the_shipped_default_model(tmp_path):
         assert summary["metrics_against_reference"]["vessel"]["dice"] > 0.7
         assert summary["metrics_against_reference"]["artery"]["dice"] > 0.7
     shutil.rmtree(out)
+
+
+def test_two_photon_preprocessing_options_reach_the_summary(tmp_path, capsys):
+    case = make_phantom_case("2PM", (16, 64, 64), seed=4251)
+    stack = tmp_path / "stack.nrrd"
+    write_volume(Volume(case.image.astype(np.uint16), case.spacing_zyx), stack)
+    out = tmp_path / "out"
+    arguments = ["segment", str(stack), "--modality", "2PM", "--out", str(out), "--no-models", "--quiet"]
+    options = ["--intensity-scale", "auto", "--subtract-slice-median", "--median-filter", "3"]
+    assert main([*arguments, *options]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    record = summary["preprocessing"]
+    assert summary["method"] == "vnet-2pm" and summary["voxel_count"]["micro"] > 0
+    assert record["steps"] == ["scale_intensity", "subtract_slice_median", "median_filter_3d"]
+    assert record["intensity_scale_source"] == "estimated" and record["intensity_scale"] > 0
+    for bad in ("-2", "bright"):
+        with pytest.raises(SystemExit):
+            main([*arguments[:-1], "--intensity-scale", bad])
+    assert "--intensity-scale" in capsys.readouterr().err

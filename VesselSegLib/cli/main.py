@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -55,6 +56,19 @@ def _parse_thresholds(items: Sequence[str] | None) -> dict[str, float]:
         except ValueError:
             raise CommandError(f"--threshold {item!r}: {value!r} is not a number.") from None
     return thresholds
+
+
+def _intensity_scale(text: str) -> float | str:
+    """``--intensity-scale``: a positive number, or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the factor must be a positive number, got {text!r}")
+    return value
 
 
 def _microscopy_options(args: argparse.Namespace) -> dict | None:
@@ -159,11 +173,12 @@ def _add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-models", action="store_true", help="Skip 3D surface models.")
     parser.add_argument(
         "--intensity-scale",
-        type=float,
+        type=_intensity_scale,
         default=None,
-        metavar="FACTOR",
-        help="2PM: multiply intensities by FACTOR first (the paper's manual matching; the presets' percentile "
-        "normalisation already matches any linear scale automatically).",
+        metavar="FACTOR|auto",
+        help="2PM: multiply intensities by FACTOR first (the paper's manual matching), or 'auto' to estimate "
+        "it against the model card's training-data percentiles; the factor goes to summary.json. The "
+        "presets' percentile normalisation already absorbs any linear scale.",
     )
     parser.add_argument(
         "--subtract-slice-median", action="store_true", help="2PM: subtract each slice's median first."

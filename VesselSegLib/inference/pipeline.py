@@ -99,8 +99,10 @@ def _select_classes(entry: ModelEntry, requested: Sequence[str] | None, primary:
 MICROSCOPY_OPTIONS = ("intensity_scale", "subtract_slice_median", "median_size")
 
 
-def _preprocess_microscopy(data: np.ndarray, options: Mapping[str, object]) -> tuple[np.ndarray, dict]:
-    from VesselSegLib.preprocessing import preprocess_microscopy_stack
+def _preprocess_microscopy(
+    data: np.ndarray, options: Mapping[str, object], entry: ModelEntry
+) -> tuple[np.ndarray, dict]:
+    from VesselSegLib.preprocessing.microscopy import DEFAULT_SCALE_PERCENTILES, preprocess_microscopy_stack
 
     unknown = set(options) - set(MICROSCOPY_OPTIONS)
     if unknown:
@@ -108,9 +110,19 @@ def _preprocess_microscopy(data: np.ndarray, options: Mapping[str, object]) -> t
             f"Unknown microscopy preprocessing options {sorted(unknown)}; use {MICROSCOPY_OPTIONS}."
         )
     scale = options.get("intensity_scale")
+    factor, reference, percentiles = None, None, DEFAULT_SCALE_PERCENTILES
+    if scale == "auto":
+        percentiles, reference = entry.intensity_reference()
+    elif scale is not None:
+        try:
+            factor = float(scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"intensity_scale must be a positive number or 'auto', got {scale!r}.") from None
     processed, record = preprocess_microscopy_stack(
         data,
-        scale_factor=None if scale is None else float(scale),
+        reference_percentiles=reference,
+        percentiles=percentiles,
+        scale_factor=factor,
         subtract_median=bool(options.get("subtract_slice_median", False)),
         median_size=options.get("median_size"),
     )
@@ -208,12 +220,14 @@ def segment_image(
         Classes whose member has no image are skipped with a warning.
     microscopy_preprocessing : mapping, optional
         The 2PM paper's preprocessing for stacks from another microscope (section 4.2), applied before the
-        preset's normalisation: ``{"intensity_scale": float | None, "subtract_slice_median": bool,
+        preset's normalisation: ``{"intensity_scale": float | "auto" | None, "subtract_slice_median": bool,
         "median_size": int | None}``. The paper picks a linear intensity factor by hand to match a new
-        microscope to its training data; our presets already map each volume's robust percentiles onto
-        those of the training data (``normalize_intensity``), which makes the result the same for any
-        positive factor, so the factor is estimated automatically, in effect, and "intensity_scale" is kept
-        only for parity with the paper.
+        microscope to its training data; "auto" estimates it from robust percentiles against the reference
+        in the model's card (``ModelEntry.intensity_reference``) and records it in
+        ``result.preprocessing``. Our presets then map each volume's robust percentiles onto a fixed range
+        (``normalize_intensity``), which makes the segmentation the same for any positive factor: the
+        factor is a diagnostic of how a new microscope's scale compares with the training data's, and kept
+        for parity with the paper.
 
     Returns
     -------
@@ -251,7 +265,7 @@ def segment_image(
 
     preprocessing_record: dict = {}
     if microscopy_preprocessing:
-        data, preprocessing_record = _preprocess_microscopy(data, microscopy_preprocessing)
+        data, preprocessing_record = _preprocess_microscopy(data, microscopy_preprocessing, entry)
     _report(progress, 0.0, f"Normalising ({preset.name})")
     tick = time.perf_counter()
     # Bright-vessel presets are normalised over the whole volume, as the trainer does for them; the mask then

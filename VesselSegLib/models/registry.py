@@ -86,6 +86,28 @@ class ModelEntry:
     def card_path(self) -> Path | None:
         return None if self.card is None else self.directory / self.card
 
+    def intensity_reference(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(percentiles, values)``: the raw intensities of this model's training stacks at ``percentiles``.
+
+        Read from the card's ``intensity_reference`` (written by ``scripts/intensity_reference.py``); the
+        2PM preprocessing estimates a new stack's intensity factor against it (``intensity_scale="auto"``).
+
+        Raises
+        ------
+        ValueError
+            The model has no card, or its card no intensity reference (the message says what to do).
+        """
+        path = self.card_path
+        card = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        reference = card.get("intensity_reference")
+        if not reference:
+            raise ValueError(
+                f"Model {self.name!r} has no intensity reference in its card, so its intensity factor cannot "
+                f"be estimated; give the factor as a number, or add the reference with "
+                f"scripts/intensity_reference.py."
+            )
+        return tuple(map(float, reference["percentiles"])), tuple(map(float, reference["values"]))
+
     def load_network(self) -> nn.Module:
         """Build the network and load its checked weights (SHA256 and architecture)."""
         from VesselSegLib.models.checkpoint import load_checkpoint
