@@ -1,11 +1,13 @@
-"""Where in depth the 2PM default model finds the vessels of a deep two-photon phantom: Dice per Z slab.
+"""Where the 2PM default model finds the vessels of a deep two-photon phantom: recall per vessel kind, Dice per Z slab.
 
     python benchmarks/depth_profile_2pm.py [--shape 256 512 512] [--seed 7] [--slab 32]
 
 Two-photon signal falls with depth (the phantoms render the attenuation, ``VesselSegLib.phantoms``), and the
 shipped model was trained on stacks of 10-32 slices. This prints, with and without the paper's slice-median
-subtraction, the Dice of each slab of ``--slab`` slices and the fraction of voxels that are vessels in the
-truth and in the prediction, beside the slab's median and 99.5th-percentile intensity.
+subtraction, the share of each kind of true vessel (the phantom's arteries, veins and 1-2-voxel micro-vessels;
+the 2PM model marks them all as one class) that the model finds, then the Dice of each slab of ``--slab``
+slices and the fraction of voxels that are vessels in the truth and in the prediction, beside the slab's
+median and 99.5th-percentile intensity.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.metrics import dice
 from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.vessel_classes import VESSEL_CLASSES
 
 
 def main() -> None:
@@ -44,6 +47,14 @@ def main() -> None:
         seconds = time.perf_counter() - tick
         name = "slice-median subtraction" if options else "no preprocessing"
         print(f"\n# {result.method}, {name}: Dice {dice(predicted, truth):.3f} ({seconds:.0f} s)")
+        print("| true vessels | share of the vessel voxels | found (recall) |")
+        print("|---|---|---|")
+        for vessel in VESSEL_CLASSES:
+            kind = case.class_map == vessel.label_value
+            if kind.any():
+                share = np.count_nonzero(kind) / np.count_nonzero(truth)
+                print(f"| {vessel.name} | {share:.2f} | {predicted[kind].mean():.2f} |")
+        print()
         print("| slices | Dice | vessel fraction, truth | vessel fraction, prediction | median | p99.5 |")
         print("|---|---|---|---|---|---|")
         for z0 in range(0, args.shape[0], args.slab):
