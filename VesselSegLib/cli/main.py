@@ -482,16 +482,32 @@ def run_segment(args: argparse.Namespace) -> dict:
 
 
 def _reference_metrics(path: Path, volume, result) -> dict:
-    """Per-class and all-vessel metrics of ``result`` against the class map in ``path``."""
-    from VesselSegLib.io import read_volume
-    from VesselSegLib.metrics import evaluate_class_maps
+    """Per-class and all-vessel metrics of ``result`` against the class map in ``path``.
 
-    reference = read_volume(path)
+    A reference that is not a class map (values other than 0-3, e.g. a 0/255 mask) or that marks vessels with
+    one value that is none of the predicted classes (a 0/1 mask against a micro-vessel model) is a binary
+    vessel mask: only "vessel" (any vessel against any vessel) is scored, since its classes mean nothing.
+    """
+    from VesselSegLib.io import read_volume
+    from VesselSegLib.metrics import evaluate_binary, evaluate_class_maps
+
+    # Only the array is compared, on the input's grid: the input's spacing also spares a TIFF its warning.
+    reference = read_volume(path, spacing_xyz=volume.spacing_xyz)
     if reference.array.shape != volume.array.shape:
         raise CommandError(
             f"Reference {path.name} has shape {reference.array.shape} but the input has {volume.array.shape}; "
             "give labels on the input's grid."
         )
+    values = set(np.unique(reference.array).tolist()) - {0}
+    labels = {VESSEL_CLASS_BY_NAME[name].label_value for name in result.vessel_classes}
+    if not values <= {1, 2, 3} or (len(values) == 1 and not values <= labels):
+        logger.warning(
+            "Reference %s holds the values %s, not a class map of %s: scored as a binary vessel mask.",
+            path.name,
+            sorted(values)[:5],
+            ", ".join(result.vessel_classes),
+        )
+        return {"vessel": evaluate_binary(result.class_map > 0, reference.array > 0, volume.spacing_zyx)}
     return evaluate_class_maps(
         result.class_map,
         reference.array.astype(np.uint8),

@@ -116,7 +116,7 @@ def read_volume(
         raise ValueError(f"Input file {path} does not exist; check the path.")
     suffix = _suffix(path)
     if suffix in TIFF_SUFFIXES:
-        volume = _read_tiff(path, metadata_path)
+        volume = _read_tiff(path, metadata_path, spacing_given=spacing_xyz is not None)
     elif suffix in SIMPLEITK_SUFFIXES:
         try:
             volume = Volume.from_sitk(sitk.ReadImage(str(path)))
@@ -147,7 +147,7 @@ def _ome_physical_sizes_mm(xml: str) -> dict[str, float]:
     return sizes
 
 
-def _read_tiff(path: Path, metadata_path: str | os.PathLike | None) -> Volume:
+def _read_tiff(path: Path, metadata_path: str | os.PathLike | None, *, spacing_given: bool = False) -> Volume:
     import tifffile  # imported here: only microscopy users need it
 
     try:
@@ -180,10 +180,8 @@ def _read_tiff(path: Path, metadata_path: str | os.PathLike | None) -> Volume:
         pixel = denominator / numerator * to_mm if numerator else None
         if pixel and unit_tag is not None and int(unit_tag.value) == 1:
             sizes = {"X": pixel, "Y": pixel, "Z": float(imagej["spacing"]) * to_mm}
-    if len(sizes) == 3:
-        spacing = (sizes["X"], sizes["Y"], sizes["Z"])
-    else:
-        spacing = (MICROMETRE_IN_MM,) * 3
+    spacing = (sizes["X"], sizes["Y"], sizes["Z"]) if len(sizes) == 3 else (MICROMETRE_IN_MM,) * 3
+    if len(sizes) != 3 and not spacing_given:  # the caller's spacing replaces it: nothing to warn about
         logger.warning(
             "TIFF %s has no voxel size in its metadata; assuming 1 um isotropic. Pass the real spacing "
             "in mm (e.g. --spacing 0.000994 0.000994 0.005 on the command line).",
