@@ -213,3 +213,29 @@ def test_evaluate_class_maps_per_class_and_vessel():
         evaluate_class_maps(pred, ref, (1, 1, 1), class_names=("capillary",))
     with pytest.raises(ValueError, match="integer class map"):
         evaluate_class_maps(pred.astype(float), ref, (1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("values", "classes", "binary"),
+    [
+        ((0, 255), ("artery", "vein", "micro"), True),  # an 8-bit mask
+        ((0, 1), ("micro",), True),  # 0/1 mask against a micro-vessel (2PM) model
+        ((0, 1), ("artery", "vein", "micro"), False),  # arteries only: a class map
+        ((0, 3), ("micro",), False),
+        ((0, 1, 2), ("artery", "vein"), False),
+        ((0, 1, 7), ("artery",), True),
+    ],
+)
+def test_reference_kind_is_told_from_its_values(values, classes, binary):
+    from VesselSegLib.metrics import evaluate_against_reference, is_binary_reference
+
+    reference = np.zeros((4, 6, 6), dtype=np.uint16)
+    for index, value in enumerate(values):
+        reference[index, 1:4, 1:4] = value
+    assert is_binary_reference(reference, classes) == binary
+    metrics, scored_as_binary = evaluate_against_reference(
+        reference, reference, (1.0, 1.0, 1.0), class_names=classes
+    )
+    assert scored_as_binary == binary
+    assert metrics["vessel"]["dice"] == 1.0
+    assert set(metrics) == ({"vessel"} if binary else {*classes, "vessel"})

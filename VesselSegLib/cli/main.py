@@ -25,8 +25,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from VesselSegLib import __version__
 from VesselSegLib.io.atomic import default_file_mode
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
@@ -482,14 +480,10 @@ def run_segment(args: argparse.Namespace) -> dict:
 
 
 def _reference_metrics(path: Path, volume, result) -> dict:
-    """Per-class and all-vessel metrics of ``result`` against the class map in ``path``.
-
-    A reference that is not a class map (values other than 0-3, e.g. a 0/255 mask) or that marks vessels with
-    one value that is none of the predicted classes (a 0/1 mask against a micro-vessel model) is a binary
-    vessel mask: only "vessel" (any vessel against any vessel) is scored, since its classes mean nothing.
-    """
+    """Per-class and all-vessel metrics of ``result`` against the labels in ``path`` (a class map, or a binary
+    mask scored as vessel against vessel: ``VesselSegLib.metrics.evaluate_against_reference``)."""
     from VesselSegLib.io import read_volume
-    from VesselSegLib.metrics import evaluate_binary, evaluate_class_maps
+    from VesselSegLib.metrics import evaluate_against_reference
 
     # Only the array is compared, on the input's grid: the input's spacing also spares a TIFF its warning.
     reference = read_volume(path, spacing_xyz=volume.spacing_xyz)
@@ -498,22 +492,16 @@ def _reference_metrics(path: Path, volume, result) -> dict:
             f"Reference {path.name} has shape {reference.array.shape} but the input has {volume.array.shape}; "
             "give labels on the input's grid."
         )
-    values = set(np.unique(reference.array).tolist()) - {0}
-    labels = {VESSEL_CLASS_BY_NAME[name].label_value for name in result.vessel_classes}
-    if not values <= {1, 2, 3} or (len(values) == 1 and not values <= labels):
+    metrics, binary = evaluate_against_reference(
+        result.class_map, reference.array, volume.spacing_zyx, class_names=result.vessel_classes
+    )
+    if binary:
         logger.warning(
-            "Reference %s holds the values %s, not a class map of %s: scored as a binary vessel mask.",
+            "Reference %s is not a class map of %s: scored as a binary vessel mask.",
             path.name,
-            sorted(values)[:5],
             ", ".join(result.vessel_classes),
         )
-        return {"vessel": evaluate_binary(result.class_map > 0, reference.array > 0, volume.spacing_zyx)}
-    return evaluate_class_maps(
-        result.class_map,
-        reference.array.astype(np.uint8),
-        volume.spacing_zyx,
-        class_names=result.vessel_classes,
-    )
+    return metrics
 
 
 def run_methods() -> None:

@@ -55,8 +55,10 @@ __all__ = [
     "cldice",
     "confusion_counts",
     "dice",
+    "evaluate_against_reference",
     "evaluate_binary",
     "evaluate_class_maps",
+    "is_binary_reference",
     "false_positive_rate",
     "hausdorff_distance_mm",
     "hausdorff_distances_mm",
@@ -185,3 +187,47 @@ def evaluate_class_maps(
         prediction_map > 0, reference_map > 0, spacing_zyx, distances=distances
     )
     return results
+
+
+def is_binary_reference(reference_map: np.ndarray, class_names: Sequence[str]) -> bool:
+    """Whether a reference is a plain vessel mask rather than a class map of ``class_names``.
+
+    It is when it holds values other than the class labels 1-3 (a 0/255 mask, a float probability map), or
+    one vessel value that is none of the classes scored (a 0/1 mask, 1 = artery, against a micro-vessel
+    model): its per-class scores would then be meaningless zeros.
+    """
+    values = set(np.unique(np.asarray(reference_map)).tolist()) - {0}
+    labels = {vessel_class(name).label_value for name in class_names}
+    return not values <= {1, 2, 3} or (len(values) == 1 and not values <= labels)
+
+
+def evaluate_against_reference(
+    prediction_map: np.ndarray,
+    reference_map: np.ndarray,
+    spacing_zyx: Sequence[float],
+    *,
+    class_names: Sequence[str] = ("artery", "vein", "micro"),
+    distances: bool = True,
+) -> tuple[dict[str, dict[str, float]], bool]:
+    """Metrics of a predicted class map against a user's reference, which may be a class map or a mask.
+
+    Returns
+    -------
+    metrics : dict[str, dict[str, float]]
+        :func:`evaluate_class_maps` for a class-map reference; only ``{"vessel": ...}`` (any vessel against
+        any vessel) for a binary one (:func:`is_binary_reference`).
+    binary : bool
+        True when the reference was scored as a binary vessel mask (callers say so to the user).
+    """
+    check_same_shape(prediction_map, reference_map)
+    if is_binary_reference(reference_map, class_names):
+        prediction = np.asarray(prediction_map) > 0
+        vessel = evaluate_binary(prediction, np.asarray(reference_map) > 0, spacing_zyx, distances=distances)
+        return {"vessel": vessel}, True
+    reference = np.asarray(reference_map)
+    if not np.issubdtype(reference.dtype, np.integer):
+        reference = reference.astype(np.uint8)  # values checked above: 0-3 only
+    metrics = evaluate_class_maps(
+        prediction_map, reference, spacing_zyx, class_names=class_names, distances=distances
+    )
+    return metrics, False

@@ -77,6 +77,10 @@ class VesselSegInputs:
     mask : ndarray of bool, shape (Z, Y, X), or None
     segmentArguments : dict
         Keyword arguments for ``segment_image`` (modality, method, classes, device, patch, thresholds, ...).
+    reference : ndarray, shape (Z, Y, X), or None
+        A copy of the reference labels (class map or binary mask) to score the result against.
+    referenceName : str
+        The reference node's name, for the metrics table.
     """
 
     inputVolume: Any
@@ -85,6 +89,8 @@ class VesselSegInputs:
     ijkToRAS: np.ndarray
     mask: np.ndarray | None = field(repr=False)
     segmentArguments: dict[str, Any] = field(default_factory=dict)
+    reference: np.ndarray | None = field(default=None, repr=False)
+    referenceName: str = ""
 
 
 @dataclass
@@ -116,6 +122,12 @@ class VesselSegOutputs:
     """Centrelines as a model coloured by radius (mm)."""
     graphTableNode: Any = None
     """One row per vessel segment: kind, length, mean radius, tortuosity."""
+    metrics: dict | None = None
+    """Scores against the reference labels (``VesselSegLib.metrics.evaluate_against_reference``), if given."""
+    referenceScoredAsBinary: bool = False
+    """True when the reference was a plain vessel mask, scored as all vessels against all vessels."""
+    metricsTableNode: Any = None
+    """The metrics as a table: one row per scored class."""
 
 
 def _report(callback: ProgressCallback | None, fraction: float, message: str) -> None:
@@ -232,6 +244,7 @@ class VesselSegLogic:
         modality: str = "TOF-MRA",
         method: str | None = None,
         vesselClasses: Sequence[str] = ("artery", "vein", "micro"),
+        referenceVolume=None,
     ) -> None:
         """Raise ValueError, with a message for the user, when the nodes or parameters cannot be used.
 
@@ -267,6 +280,9 @@ class VesselSegLogic:
             get_preset(companionModality)  # raises on an unknown modality, listing the presets
             self._checkScalarVolume(companionVolume, f"{companionModality} companion volume")
             self._checkSameGrid(companionVolume, inputVolume, f"{companionModality} companion volume")
+        if referenceVolume is not None:
+            self._checkScalarVolume(referenceVolume, "reference labels")
+            self._checkSameGrid(referenceVolume, inputVolume, "reference labels")
         if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
             raise ValueError(
                 f"The output {outputSegmentation.GetName()!r} is a {outputSegmentation.GetClassName()}; "
@@ -302,6 +318,7 @@ class VesselSegLogic:
         minimumComponentMm3: float | None = None,
         keepProbabilities: bool = False,
         microscopyPreprocessing: Mapping[str, Any] | None = None,
+        referenceVolume=None,
     ) -> VesselSegInputs:
         """Check the inputs and copy the voxels (main thread). See ``process`` for the parameters."""
         self.checkInputs(
@@ -312,6 +329,7 @@ class VesselSegLogic:
             modality=modality,
             method=method,
             vesselClasses=vesselClasses,
+            referenceVolume=referenceVolume,
         )
         image = np.array(slicer.util.arrayFromVolume(inputVolume), copy=True)  # (Z, Y, X)
         spacingZYX = tuple(float(s) for s in reversed(inputVolume.GetSpacing()))
@@ -349,6 +367,10 @@ class VesselSegLogic:
             ijkToRAS=get_ijk_to_ras(inputVolume),
             mask=mask,
             segmentArguments=arguments,
+            reference=None
+            if referenceVolume is None
+            else np.array(slicer.util.arrayFromVolume(referenceVolume), copy=True),
+            referenceName="" if referenceVolume is None else referenceVolume.GetName(),
         )
 
     @staticmethod
@@ -621,6 +643,7 @@ class VesselSegLogic:
         createGraph: bool = False,
         keepProbabilities: bool | None = None,
         microscopyPreprocessing: Mapping[str, Any] | None = None,
+        referenceVolume=None,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
     ) -> VesselSegOutputs:
@@ -661,6 +684,10 @@ class VesselSegLogic:
         keepProbabilities : bool, optional
             Keep the probability maps in ``outputs.result.probabilities`` (e.g. to write them to files);
             default: ``createProbabilityVolumes``.
+        referenceVolume : vtkMRMLScalarVolumeNode or vtkMRMLLabelMapVolumeNode, optional
+            Reference labels on the input's grid: a class map (1 artery, 2 vein, 3 micro) or a binary vessel
+            mask. The result is scored against it (``outputs.metrics``) and a table node added
+            (``evaluateAgainstReference``). Never modified.
         progressCallback : callable(fraction in [0, 1], message), optional
         cancelCheck : callable() -> bool, optional
             True cancels: SegmentationCancelled is raised and the scene is left unchanged.
@@ -690,6 +717,7 @@ class VesselSegLogic:
             minimumComponentMm3=minimumComponentMm3,
             keepProbabilities=createProbabilityVolumes if keepProbabilities is None else keepProbabilities,
             microscopyPreprocessing=microscopyPreprocessing,
+            referenceVolume=referenceVolume,
         )
         result = self.computeSegmentation(
             inputs,
@@ -710,7 +738,37 @@ class VesselSegLogic:
             outputs.graph, outputs.graphModelNode, outputs.graphTableNode = self.createVesselGraph(
                 inputs, result
             )
+        if inputs.reference is not None:
+            outputs.metrics, outputs.referenceScoredAsBinary, outputs.metricsTableNode = (
+                self.evaluateAgainstReference(inputs, result)
+            )
         return outputs
+
+    @staticmethod
+    def evaluateAgainstReference(inputs: VesselSegInputs, result: SegmentationResult):
+        """Score the result against the reference copied by ``prepareInputs`` and add a metrics table.
+
+        A class-map reference is scored per class and for all vessels; a binary mask only for all vessels
+        (``VesselSegLib.metrics.evaluate_against_reference``).
+
+        Returns
+        -------
+        (metrics dict, scored as binary: bool, vtkMRMLTableNode)
+        """
+        from VesselSegLib.metrics import evaluate_against_reference
+        from VesselSegLib.mrml.metrics_nodes import add_metrics_table
+
+        if inputs.reference is None:
+            raise ValueError("No reference labels were given; choose a reference volume to compute metrics.")
+        metrics, binary = evaluate_against_reference(
+            result.class_map, inputs.reference, inputs.spacingZYX, class_names=result.vessel_classes
+        )
+        table = add_metrics_table(
+            inputs.inputVolume.GetScene(),
+            metrics,
+            f"{inputs.inputVolume.GetName()} vs {inputs.referenceName}",
+        )
+        return metrics, binary, table
 
     @staticmethod
     def createVesselGraph(inputs: VesselSegInputs, result: SegmentationResult, vesselClasses=None):
