@@ -16,13 +16,14 @@ from VesselSegLib.errors import SegmentationCancelled
 from VesselSegLib.inference.sliding_window import predict_probabilities
 from VesselSegLib.inference.streaming import (
     IntensityNormalisation,
+    SliceMedianSubtracted,
     estimate_normalisation,
     open_volume_lazily,
     peak_memory_bound_bytes,
     plan_stream_tiles,
     stream_segment_probabilities,
 )
-from VesselSegLib.preprocessing import normalize_intensity
+from VesselSegLib.preprocessing import normalize_intensity, subtract_slice_median
 
 SHAPE = (37, 93, 78)  # not a multiple of the tile or the scan interval: edge-aligned last windows
 PATCH = (8, 16, 16)
@@ -148,6 +149,23 @@ def test_raw_nrrd_and_npy_streaming_equals_in_memory_inference(tmp_path, kind):
     np.testing.assert_array_equal(source[3:9, -20:, 5], stack[3:9, -20:, 5])
     result = np.load(_stream(source, tmp_path / "probabilities.npy"))
     np.testing.assert_array_equal(result, _in_memory(stack))
+
+
+def test_slice_median_levelling_streams_exactly_what_the_in_memory_step_gives(tmp_path):
+    stack = _stack()
+    stack += (np.arange(SHAPE[0], dtype=np.uint16) * 20)[:, None, None]  # background rising with depth
+    np.save(tmp_path / "stack.npy", stack)
+    levelled_in_memory = subtract_slice_median(stack)
+    with open_volume_lazily(tmp_path / "stack.npy") as lazy:
+        levelled = SliceMedianSubtracted(lazy)
+        assert levelled.shape == SHAPE and levelled.dtype == np.float32
+        np.testing.assert_array_equal(levelled[:, :, :], levelled_in_memory)
+        np.testing.assert_array_equal(levelled[5:9, 10:30, 7:8], levelled_in_memory[5:9, 10:30, 7:8])
+        result = np.load(_stream(levelled, tmp_path / "probabilities.npy"))
+    np.testing.assert_array_equal(result, _in_memory(levelled_in_memory))
+    assert not np.array_equal(result, _in_memory(stack))  # the step did change the input
+    with pytest.raises(IndexError, match="slices"):
+        levelled[3]
 
 
 @pytest.mark.parametrize(
@@ -348,6 +366,31 @@ def test_stream_command_writes_the_in_memory_class_map_tile_by_tile(tmp_path):
     )
     assert sum(summary["voxel_count"].values()) == np.count_nonzero(sitk.GetArrayFromImage(labels))
     assert summary["memory_bound_bytes_without_network"] > 0
+
+
+def test_stream_command_levels_slices_with_the_shipped_2pm_model(tmp_path):
+    from VesselSegLib.cli.main import main
+    from VesselSegLib.models.registry import ModelRegistry
+
+    stack, path = _registry_stack(tmp_path)
+    out = tmp_path / "out"
+    argv = ["stream", str(path), "--out", str(out), "--spacing", "0.001", "0.001", "0.002", "--tile", "16",
+            "64", "64", "--batch-size", "1", "--output-dtype", "float32", "--device", "cpu", "--quiet",
+            "--subtract-slice-median"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "vnet-2pm"  # the 2PM default
+    assert summary["preprocessing"]["steps"] == ["subtract_slice_median"]
+    entry = ModelRegistry.default().get("vnet-2pm")
+    expected = predict_probabilities(
+        entry.load_network(),
+        normalize_intensity(subtract_slice_median(stack), "2PM"),
+        patch_size_zyx=entry.patch_size_zyx,
+        overlap=entry.overlap,
+        batch_size=1,
+        device="cpu",
+    )
+    np.testing.assert_allclose(np.load(out / "probabilities.npy"), expected, rtol=0, atol=1e-5)
 
 
 def test_stream_command_refuses_bad_requests_and_leaves_no_folder(tmp_path, capsys):

@@ -255,6 +255,11 @@ def _add_stream_command(commands) -> None:
         choices=("float16", "uint8", "float32"),
         help="Type of probabilities.npy (default float16).",
     )
+    stream.add_argument(
+        "--subtract-slice-median",
+        action="store_true",
+        help="2PM: subtract each slice's median first (computed one plane at a time).",
+    )
     stream.add_argument("--force", action="store_true", help="Replace DIR if it exists.")
     stream.add_argument("--quiet", action="store_true", help="No progress bar.")
 
@@ -282,6 +287,7 @@ def run_stream(args: argparse.Namespace) -> dict:
             device=args.device,
             thresholds=thresholds or None,
             output_dtype=args.output_dtype,
+            subtract_slice_median=args.subtract_slice_median,
             progress=progress,
         )
         summary = {"vesselseg_version": __version__, "input": str(args.input), **summary}

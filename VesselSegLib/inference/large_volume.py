@@ -24,6 +24,7 @@ from VesselSegLib.errors import SegmentationCancelled
 from VesselSegLib.inference.sliding_window import CancelCheck, ProgressCallback, resolve_device
 from VesselSegLib.inference.streaming import (
     DEFAULT_TILE_SIZE_ZYX,
+    SliceMedianSubtracted,
     estimate_normalisation,
     open_volume_lazily,
     peak_memory_bound_bytes,
@@ -121,6 +122,7 @@ def segment_large_volume(
     device: str = "auto",
     thresholds: Mapping[str, float] | None = None,
     output_dtype: str = "float16",
+    subtract_slice_median: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> dict:
@@ -148,6 +150,11 @@ def segment_large_volume(
         default to the model's.
     thresholds : mapping class -> float, optional
         Default 0.5, or the model's.
+    subtract_slice_median : bool
+        Level each Z slice by its median first (the 2PM paper's step for stacks from another microscope),
+        lazily: :class:`~VesselSegLib.inference.streaming.SliceMedianSubtracted`. The 3D median filter and
+        the intensity factor are not offered here (the factor does not change the result; see
+        ``segment_image``).
 
     Returns
     -------
@@ -166,12 +173,13 @@ def segment_large_volume(
         )
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    with open_volume_lazily(input_path) as source:
-        spacing = tuple(float(s) for s in (spacing_zyx or source.spacing_zyx or ()))
+    with open_volume_lazily(input_path) as stack:
+        spacing = tuple(float(s) for s in (spacing_zyx or stack.spacing_zyx or ()))
         if len(spacing) != 3 or min(spacing) <= 0:
             raise ValueError(
                 f"{Path(input_path).name} does not say its voxel size; give it (e.g. --spacing X Y Z in mm)."
             )
+        source = SliceMedianSubtracted(stack) if subtract_slice_median else stack
         normalisation = estimate_normalisation(source, preset)
         timings["normalisation"] = time.perf_counter() - tick
 
@@ -239,6 +247,7 @@ def segment_large_volume(
             "high": normalisation.high,
             "sample_stride": normalisation.stride,
         },
+        "preprocessing": {"steps": ["subtract_slice_median"] if subtract_slice_median else []},
         "tiles": len(tiles),
         "tile_size_zyx": list(tile_size_zyx),
         "patch_size_zyx": list(patch),

@@ -489,6 +489,49 @@ def _tiff_spacing_zyx(tiff: Any) -> tuple[float, float, float] | None:
     return None
 
 
+# ----------------------------------------------------------------------------------- preprocessing
+
+
+class SliceMedianSubtracted:
+    """A volume source with each Z slice's median subtracted (negatives set to 0), read region by region.
+
+    The 2PM paper's slice-median step (:func:`~VesselSegLib.preprocessing.subtract_slice_median`, Sec. 4.2)
+    for stacks larger than memory: the medians are computed once, one Z plane at a time (Z floats kept),
+    and every region read is levelled with them, so each tile holds exactly what the in-memory step gives
+    for those voxels. Regions come back as float32 (the in-memory step works in float32 too).
+
+    Parameters
+    ----------
+    source : LazyVolume or ndarray, shape (Z, Y, X)
+        Not modified.
+    clip_negative : bool
+        As :func:`~VesselSegLib.preprocessing.subtract_slice_median`.
+    """
+
+    def __init__(self, source: VolumeSource, *, clip_negative: bool = True) -> None:
+        self.shape = _check_source(source)
+        self.source = source
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+        self.spacing_zyx = getattr(source, "spacing_zyx", None)
+        self.clip_negative = clip_negative
+        self.slice_medians = np.array(
+            [np.median(np.asarray(source[z : z + 1, :, :], dtype=np.float32)) for z in range(self.shape[0])],
+            dtype=np.float32,
+        )
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3 or not all(isinstance(item, slice) for item in key):
+            raise IndexError("Index a levelled volume with up to 3 slices, e.g. volume[z0:z1, y0:y1, x0:x1].")
+        z_start, z_stop, z_step = key[0].indices(self.shape[0]) if key else (0, self.shape[0], 1)
+        region = np.array(self.source[key], dtype=np.float32)  # a copy: levelled in place
+        region -= self.slice_medians[z_start:z_stop:z_step, None, None]
+        if self.clip_negative:
+            np.maximum(region, 0.0, out=region)
+        return region
+
+
 # ------------------------------------------------------------------------------------- normalisation
 
 
@@ -990,6 +1033,7 @@ __all__ = [
     "STREAMING_SUFFIXES",
     "IntensityNormalisation",
     "LazyVolume",
+    "SliceMedianSubtracted",
     "StreamTile",
     "VolumeSource",
     "estimate_normalisation",
