@@ -52,6 +52,7 @@ from VesselSegLib.inference.sliding_window import (
 )
 from VesselSegLib.io.atomic import atomic_write_path
 from VesselSegLib.io.volume import _LENGTH_UNIT_IN_MM, MICROMETRE_IN_MM, _ome_physical_sizes_mm
+from VesselSegLib.preprocessing.microscopy import level_slices, slice_medians
 from VesselSegLib.preprocessing.presets import ModalityPreset, get_preset
 
 logger = logging.getLogger(__name__)
@@ -515,9 +516,8 @@ class SliceMedianSubtracted:
         self.ndim = 3
         self.spacing_zyx = getattr(source, "spacing_zyx", None)
         self.clip_negative = clip_negative
-        self.slice_medians = np.array(
-            [np.median(np.asarray(source[z : z + 1, :, :], dtype=np.float32)) for z in range(self.shape[0])],
-            dtype=np.float32,
+        self.slice_medians = np.concatenate(
+            [slice_medians(source[z : z + 1, :, :]) for z in range(self.shape[0])]
         )
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -525,11 +525,8 @@ class SliceMedianSubtracted:
         if len(key) > 3 or not all(isinstance(item, slice) for item in key):
             raise IndexError("Index a levelled volume with up to 3 slices, e.g. volume[z0:z1, y0:y1, x0:x1].")
         z_start, z_stop, z_step = key[0].indices(self.shape[0]) if key else (0, self.shape[0], 1)
-        region = np.array(self.source[key], dtype=np.float32)  # a copy: levelled in place
-        region -= self.slice_medians[z_start:z_stop:z_step, None, None]
-        if self.clip_negative:
-            np.maximum(region, 0.0, out=region)
-        return region
+        medians = self.slice_medians[z_start:z_stop:z_step]
+        return level_slices(self.source[key], medians, clip_negative=self.clip_negative)
 
 
 # ------------------------------------------------------------------------------------- normalisation

@@ -180,13 +180,16 @@ def _read_tiff(path: Path, metadata_path: str | os.PathLike | None, *, spacing_g
         pixel = denominator / numerator * to_mm if numerator else None
         if pixel and unit_tag is not None and int(unit_tag.value) == 1:
             sizes = {"X": pixel, "Y": pixel, "Z": float(imagej["spacing"]) * to_mm}
-    spacing = (sizes["X"], sizes["Y"], sizes["Z"]) if len(sizes) == 3 else (MICROMETRE_IN_MM,) * 3
-    if len(sizes) != 3 and not spacing_given:  # the caller's spacing replaces it: nothing to warn about
-        logger.warning(
-            "TIFF %s has no voxel size in its metadata; assuming 1 um isotropic. Pass the real spacing "
-            "in mm (e.g. --spacing 0.000994 0.000994 0.005 on the command line).",
-            path.name,
-        )
+    if len(sizes) == 3:
+        spacing = (sizes["X"], sizes["Y"], sizes["Z"])
+    else:
+        spacing = (MICROMETRE_IN_MM,) * 3
+        if not spacing_given:  # the caller's spacing replaces it: nothing to warn about
+            logger.warning(
+                "TIFF %s has no voxel size in its metadata; assuming 1 um isotropic. Pass the real spacing "
+                "in mm (e.g. --spacing 0.000994 0.000994 0.005 on the command line).",
+                path.name,
+            )
     return Volume(array=array, spacing_xyz=spacing)
 
 

@@ -160,8 +160,40 @@ def subtract_slice_median(image: np.ndarray, *, clip_negative: bool = True) -> n
     ndarray of float32, shape (Z, Y, X)
     """
     data = _volume(image)
-    slice_medians = np.median(data, axis=(1, 2), keepdims=True)  # (Z, 1, 1)
-    leveled = data - slice_medians  # a new array
+    return level_slices(data, slice_medians(data), clip_negative=clip_negative)
+
+
+def slice_medians(image: np.ndarray) -> np.ndarray:
+    """The median of each Z slice, float32, shape (Z,): the background level :func:`level_slices` removes."""
+    return np.median(_volume(image), axis=(1, 2)).astype(np.float32, copy=False)
+
+
+def level_slices(image: np.ndarray, medians: np.ndarray, *, clip_negative: bool = True) -> np.ndarray:
+    """``image`` minus ``medians[z]`` in each Z slice, as float32; negatives set to 0 with ``clip_negative``.
+
+    The arithmetic of :func:`subtract_slice_median` with the medians given, so that a region of a stack too
+    large for memory (``VesselSegLib.inference.streaming.SliceMedianSubtracted``) is levelled exactly as the
+    whole stack would be, with medians computed beforehand a plane at a time.
+
+    Parameters
+    ----------
+    image : ndarray, shape (Z, Y, X), any real dtype
+        Not modified.
+    medians : ndarray, shape (Z,)
+        One level per Z slice of ``image``.
+
+    Returns
+    -------
+    ndarray of float32, shape (Z, Y, X), a new array
+    """
+    data = np.asarray(image)
+    medians = np.asarray(medians, dtype=np.float32)
+    if data.ndim != 3 or medians.shape != data.shape[:1]:
+        raise ValueError(
+            f"Give a (Z, Y, X) volume and one median per Z slice; got shapes {data.shape} and {medians.shape}."
+        )
+    # One new float32 array whatever the input dtype (the cast of each voxel to float32 comes first).
+    leveled = np.subtract(data, medians[:, None, None], dtype=np.float32)
     if clip_negative:
         np.maximum(leveled, 0.0, out=leveled)
     return leveled
@@ -268,8 +300,9 @@ def preprocess_microscopy_stack(
         record["steps"].append("scale_intensity")
 
     if subtract_median:
-        record["slice_medians"] = [float(m) for m in np.median(data, axis=(1, 2))]
-        data = subtract_slice_median(data, clip_negative=clip_negative)
+        medians = slice_medians(data)
+        record["slice_medians"] = [float(m) for m in medians]
+        data = level_slices(data, medians, clip_negative=clip_negative)
         record["steps"].append("subtract_slice_median")
         record["clip_negative"] = bool(clip_negative)
 
@@ -283,8 +316,10 @@ def preprocess_microscopy_stack(
 __all__ = [
     "DEFAULT_SCALE_PERCENTILES",
     "estimate_intensity_scale",
+    "level_slices",
     "median_filter_3d",
     "preprocess_microscopy_stack",
     "scale_intensity",
+    "slice_medians",
     "subtract_slice_median",
 ]
