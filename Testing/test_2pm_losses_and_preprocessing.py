@@ -20,6 +20,7 @@ from trainer.losses_2pm import (
     class_balanced_bce,
     sobel_total_variation_3d,
 )
+from VesselSegLib.request import MicroscopyOptions
 from VesselSegLib.preprocessing import (
     estimate_intensity_scale,
     median_filter_3d,
@@ -315,7 +316,7 @@ def test_auto_intensity_scale_is_estimated_against_the_model_card_and_leaves_the
             modality="2PM",
             method="vnet-2pm",
             device="cpu",
-            microscopy_preprocessing={"intensity_scale": "auto"},
+            microscopy=MicroscopyOptions(intensity_scale="auto"),
         )
     records = {gain: run.preprocessing for gain, run in runs.items()}
     assert records[1.0]["intensity_scale_source"] == "estimated"
@@ -326,10 +327,10 @@ def test_auto_intensity_scale_is_estimated_against_the_model_card_and_leaves_the
     assert runs[1.0].class_map.any()
     for method, scale, message in (
         ("frangi", "auto", "no intensity reference"),  # a filter has no training data to compare with
-        ("vnet-2pm", "bright", "positive number or 'auto'"),
+        ("vnet-2pm", "bright", "must be a number"),
     ):
         with pytest.raises(ValueError, match=message):
             options = {"intensity_scale": scale}
             segment_image(
-                case.image, case.spacing_zyx, modality="2PM", method=method, microscopy_preprocessing=options
+                case.image, case.spacing_zyx, modality="2PM", method=method, microscopy=MicroscopyOptions(**options)
             )

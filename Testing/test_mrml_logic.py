@@ -21,6 +21,7 @@ from VesselSegLib.errors import SegmentationCancelled
 from VesselSegLib.inference.pipeline import SegmentationResult
 from VesselSegLib.mrml.export import write_model_files, write_segmentation
 from VesselSegLib.mrml.logic import MODELS_FOLDER_NAME, VesselSegLogic
+from VesselSegLib.request import SegmentationRequest
 from VesselSegLib.mrml.scene import (
     create_headless_scene,
     get_ijk_to_ras,
@@ -110,6 +111,7 @@ def _ground_truth_result(phantom):
         model_sha256=None,
         device="cpu",
         seconds=0.0,
+        spacing_zyx=phantom.spacing_zyx,
     )
 
 
@@ -170,10 +172,7 @@ def test_process_end_to_end_on_oblique_anisotropic_volume(scene, input_volume, p
 
     outputs = VesselSegLogic().process(
         input_volume,
-        method=method,
-        device="cpu",
-        createProbabilityVolumes=True,
-        createModels=True,
+        SegmentationRequest(method=method, device="cpu", keep_probabilities=True, create_models=True),
         progressCallback=lambda fraction, message: fractions.append(fraction),
     )
 
@@ -214,7 +213,9 @@ def test_process_end_to_end_on_oblique_anisotropic_volume(scene, input_volume, p
 
 def test_keep_probabilities_without_probability_volumes(scene, input_volume):
     outputs = VesselSegLogic().process(
-        input_volume, method="frangi", createModels=False, keepProbabilities=True
+        input_volume,
+        SegmentationRequest(method="frangi", create_models=False, keep_probabilities=True),
+        createProbabilityVolumes=False,
     )
 
     assert set(outputs.result.probabilities) == set(outputs.result.vessel_classes)
@@ -224,8 +225,8 @@ def test_keep_probabilities_without_probability_volumes(scene, input_volume):
 
 def test_segmentation_geometry_equals_input_geometry(scene, input_volume, phantom):
     logic = VesselSegLogic()
-    inputs = logic.prepareInputs(input_volume)
-    outputs = logic.addResultsToScene(inputs, _ground_truth_result(phantom), createModels=False)
+    inputs = logic.prepareInputs(input_volume, SegmentationRequest(create_models=False))
+    outputs = logic.addResultsToScene(inputs, _ground_truth_result(phantom))
     segmentation_node = outputs.segmentationNode
     ijk_to_ras = get_ijk_to_ras(input_volume)
 
@@ -273,10 +274,9 @@ def test_existing_output_segmentation_keeps_other_segments(scene, input_volume, 
     logic = VesselSegLogic()
 
     outputs = logic.addResultsToScene(
-        logic.prepareInputs(input_volume),
+        logic.prepareInputs(input_volume, SegmentationRequest(create_models=False)),
         _ground_truth_result(phantom),
         outputSegmentation=output,
-        createModels=False,
     )
 
     assert outputs.segmentationNode is output
@@ -295,8 +295,7 @@ def test_cancel_after_first_progress_leaves_scene_unchanged(scene, input_volume)
     with pytest.raises(SegmentationCancelled):
         VesselSegLogic().process(
             input_volume,
-            method="frangi",
-            createProbabilityVolumes=True,
+            SegmentationRequest(method="frangi", keep_probabilities=True),
             progressCallback=lambda fraction, message: progress.append(fraction),
             cancelCheck=lambda: bool(progress),
         )
@@ -309,7 +308,7 @@ def test_cancel_after_first_progress_leaves_scene_unchanged(scene, input_volume)
 def test_cancel_while_building_scene_removes_new_nodes(scene, input_volume, phantom):
     state_before = _scene_state(scene)
     logic = VesselSegLogic()
-    inputs = logic.prepareInputs(input_volume, keepProbabilities=True)
+    inputs = logic.prepareInputs(input_volume, SegmentationRequest(keep_probabilities=True))
     messages = []
 
     with pytest.raises(SegmentationCancelled):
@@ -367,52 +366,51 @@ def _other_grid_mask(scene, input_volume):
         ("no class", "No vessel class selected"),
         ("no input", "No input volume selected"),
         ("vector volume", "not a scalar volume"),
-        ("class the method does not make", "tick that class or choose another method"),
+        ("class the method does not make", "choose another method or class"),
         ("output not a segmentation", "choose a segmentation node"),
         ("reference on another grid", "resample the reference labels"),
     ],
 )
 def test_bad_inputs_raise_value_error_and_leave_scene_unchanged(scene, input_volume, case, expected):
-    arguments = {"method": "frangi"}
+    fields = {"method": "frangi"}
+    nodes = {}
     volume = input_volume
     if case == "mask on another grid":
-        arguments["maskVolume"] = _other_grid_mask(scene, input_volume)
+        nodes["maskVolume"] = _other_grid_mask(scene, input_volume)
     elif case == "unknown method":
-        arguments["method"] = "no-such-net"
+        fields["method"] = "no-such-net"
     elif case == "unknown modality":
-        arguments["modality"] = "CT"
+        fields["modality"] = "CT"
     elif case == "no class":
-        arguments["vesselClasses"] = ()
+        fields["vessel_classes"] = ()
     elif case == "no input":
         volume = None
     elif case == "vector volume":
         volume = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
         slicer.util.updateVolumeFromArray(volume, np.zeros((4, 5, 6, 3), dtype=np.uint8))
     elif case == "class the method does not make":
-        arguments["vesselClasses"] = ("vein",)  # Frangi on TOF-MRA gives arteries only
+        fields["vessel_classes"] = ("vein",)  # Frangi on TOF-MRA gives arteries only
     elif case == "output not a segmentation":
-        arguments["outputSegmentation"] = scene.AddNewNodeByClass("vtkMRMLModelNode", "model")
+        nodes["outputSegmentation"] = scene.AddNewNodeByClass("vtkMRMLModelNode", "model")
     elif case == "reference on another grid":
-        arguments["referenceVolume"] = _other_grid_mask(scene, input_volume)
+        nodes["referenceVolume"] = _other_grid_mask(scene, input_volume)
     state_before = _scene_state(scene)
     hash_before = _node_hash(input_volume)
 
+    # A bad option is refused when the request is made; a bad node when the Logic checks it.
     with pytest.raises(ValueError, match=expected):
-        VesselSegLogic().process(volume, **arguments)
+        request = SegmentationRequest(**fields)
+        VesselSegLogic().process(volume, request, **nodes)
 
     assert _scene_state(scene) == state_before
     assert _node_hash(input_volume) == hash_before
-    ok, message = VesselSegLogic().isValidInputOutputData(
-        volume,
-        maskVolume=arguments.get("maskVolume"),
-        outputSegmentation=arguments.get("outputSegmentation"),
-        **{
-            k: v
-            for k, v in arguments.items()
-            if k in ("modality", "method", "vesselClasses", "referenceVolume")
-        },
-    )
-    assert not ok and expected in message
+    try:
+        request = SegmentationRequest(**fields)
+    except ValueError as error:
+        assert expected in str(error)
+    else:
+        ok, message = VesselSegLogic().isValidInputOutputData(volume, request, **nodes)
+        assert not ok and expected in message
 
 
 def _reference_node(scene, input_volume, labels, name="reference"):
@@ -438,7 +436,9 @@ def test_process_scores_the_result_against_reference_labels(scene, input_volume,
     reference_hash = _node_hash(reference)
 
     outputs = VesselSegLogic().process(
-        input_volume, method="frangi", device="cpu", createModels=False, referenceVolume=reference
+        input_volume,
+        SegmentationRequest(method="frangi", device="cpu", create_models=False),
+        referenceVolume=reference,
     )
 
     assert _node_hash(reference) == reference_hash
@@ -524,7 +524,7 @@ def test_write_functions_reject_bad_arguments(tmp_path, scene, input_volume):
 
 def test_vessel_graph_centrelines_lie_on_the_vessels_of_an_oblique_volume(scene, input_volume, phantom):
     logic = VesselSegLogic()
-    inputs = logic.prepareInputs(input_volume, modality="TOF-MRA", method="frangi")
+    inputs = logic.prepareInputs(input_volume, SegmentationRequest(modality="TOF-MRA", method="frangi"))
     result = _ground_truth_result(phantom)
     graph, model, table = logic.createVesselGraph(inputs, result)
     assert graph.graph.number_of_edges() > 10
@@ -541,3 +541,30 @@ def test_vessel_graph_centrelines_lie_on_the_vessels_of_an_oblique_volume(scene,
     vessel = phantom.class_map > 0
     assert vessel[z, y, x].mean() > 0.98
     assert model.GetDisplayNode().GetActiveScalarName() == "Radius"
+
+
+def test_interrupt_after_the_graph_step_leaves_scene_unchanged(scene, input_volume, phantom, monkeypatch):
+    """Defect: graph and metrics ran outside the rollback, so Ctrl+C there left 12 new nodes behind."""
+    import VesselSegLib.mrml.metrics_nodes as metrics_nodes
+
+    reference = _reference_node(scene, input_volume, phantom.class_map.astype(np.uint8))
+    state_before = _scene_state(scene)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(metrics_nodes, "add_metrics_table", interrupted)
+    request = SegmentationRequest(method="frangi", device="cpu", create_graph=True, keep_probabilities=True)
+    with pytest.raises(KeyboardInterrupt):
+        VesselSegLogic().process(input_volume, request, referenceVolume=reference)
+    assert _scene_state(scene) == state_before
+
+
+def test_graph_and_metrics_are_made_inside_one_process_call(scene, input_volume, phantom):
+    reference = _reference_node(scene, input_volume, phantom.class_map.astype(np.uint8))
+    request = SegmentationRequest(method="frangi", device="cpu", create_graph=True, create_models=False)
+    outputs = VesselSegLogic().process(input_volume, request, referenceVolume=reference)
+    assert outputs.graph is not None and outputs.graphModelNode.GetPolyData().GetNumberOfPoints() > 0
+    assert outputs.metrics["vessel"]["dice"] > 0.3
+    # Lengths are measured with the input's anisotropic spacing (mm), not in voxels.
+    assert outputs.result.spacing_zyx == pytest.approx(phantom.spacing_zyx)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from VesselSegLib.errors import SegmentationCancelled
+from VesselSegLib.request import MicroscopyOptions
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.metrics import dice
 from VesselSegLib.models import ModelRegistry, UNet3D, save_checkpoint
@@ -69,6 +70,7 @@ def test_frangi_segments_phantom_vessels_as_the_modality_primary_class(tof_case,
         method="frangi",
         registry=tiny_registry,
         min_component_mm3=0,
+        keep_probabilities=True,
     )
     assert result.class_map.shape == tof_case.image.shape and result.class_map.dtype == np.uint8
     assert result.vessel_classes == ("artery",)
@@ -88,6 +90,7 @@ def test_network_method_gives_three_classes_and_keeps_input_untouched(tof_case, 
         device="cpu",
         thresholds={"artery": 0.0, "vein": 0.0, "micro": 0.0},
         min_component_mm3=0,
+        keep_probabilities=True,
         progress=lambda f, m: fractions.append(f),
     )
     np.testing.assert_array_equal(image, before)
@@ -157,10 +160,10 @@ def test_cancel_raises_and_returns_nothing(tof_case, tiny_registry):
         ({"modality": "2PM", "method": "tiny"}, "not made for 2PM"),
         ({"vessel_classes": []}, "No vessel class selected"),
         ({"vessel_classes": ["capillary"]}, "Unknown vessel class"),
-        ({"thresholds": {"aorta": 0.5}}, "unknown classes"),
-        ({"brain_mask": np.ones((2, 2, 2), bool)}, "resample the mask"),
+        ({"thresholds": {"aorta": 0.5}}, "unknown class"),
+        ({"brain_mask": np.ones((2, 2, 2), bool)}, "not on the input volume's grid"),
         ({"patch_size_zyx": (15, 32, 32)}, "multiple of"),
-        ({"batch_size": 0}, "Batch size"),
+        ({"batch_size": 0}, "batch size must be a whole number >= 1"),
     ],
 )
 def test_bad_requests_raise_clear_errors(tof_case, tiny_registry, kwargs, message):
@@ -180,7 +183,7 @@ def test_microscopy_preprocessing_is_applied_recorded_and_leaves_the_input_alone
     before = image.copy()
     options = {"intensity_scale": 0.25, "subtract_slice_median": True, "median_size": 3}
     result = segment_image(
-        image, case.spacing_zyx, modality="2PM", method="frangi", microscopy_preprocessing=options
+        image, case.spacing_zyx, modality="2PM", method="frangi", microscopy=MicroscopyOptions(**options)
     )
     np.testing.assert_array_equal(image, before)
     assert result.preprocessing["steps"] == ["scale_intensity", "subtract_slice_median", "median_filter_3d"]
@@ -190,5 +193,5 @@ def test_microscopy_preprocessing_is_applied_recorded_and_leaves_the_input_alone
     brighter = segment_image(case.image * 2.5, case.spacing_zyx, modality="2PM", method="frangi")
     plain = segment_image(case.image, case.spacing_zyx, modality="2PM", method="frangi")
     np.testing.assert_array_equal(brighter.class_map, plain.class_map)
-    with pytest.raises(ValueError, match="Unknown microscopy preprocessing options"):
-        segment_image(image, case.spacing_zyx, modality="2PM", microscopy_preprocessing={"gamma": 2})
+    with pytest.raises(ValueError, match="median filter size"):
+        segment_image(image, case.spacing_zyx, modality="2PM", microscopy=MicroscopyOptions(median_size=1))

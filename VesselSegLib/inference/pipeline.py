@@ -1,7 +1,18 @@
-"""The end-to-end segmentation of one volume: check, normalise, predict, post-process.
+"""The one driver of a segmentation: check, normalise, resample, (adapt,) predict, bring back, post-process.
 
-``segment_image`` is what the Slicer module's Logic, the ``vesselseg`` command and the benchmarks all call.
-It works on numpy arrays in (Z, Y, X) order with their voxel size, so it needs neither Slicer nor files.
+:func:`run_segmentation` is what every entry point ends in: the ``vesselseg`` command and the Slicer Logic
+(through :class:`~VesselSegLib.inference.inputs.SegmentationInputs` built from files or nodes), the
+benchmarks, and :func:`segment_image` for plain arrays. The steps, in order:
+
+1. the request is resolved against the registry (``SegmentationRequest.resolve``) and every image checked
+   (finite, non-constant, mask/companions/reference on the input's grid);
+2. the voxel size is checked for plausible units (``preprocessing.resampling.check_spacing_units``);
+3. 2PM microscopy preprocessing, then each image's preset normalisation;
+4. when the input's spacing differs from the model's training spacing by more than the policy's tolerance,
+   the images are resampled to it (SimpleITK) and the probabilities brought back, linearly, onto the input's
+   exact grid (or the method's finer output grid) before thresholding;
+5. an adaptive method adapts within its time budget, then the method predicts;
+6. probabilities outside the mask are zeroed, thresholds and small-component removal give the class map.
 """
 
 from __future__ import annotations
@@ -14,29 +25,46 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from VesselSegLib.errors import SegmentationCancelled
-from VesselSegLib.inference.sliding_window import predict_probabilities, resolve_device
-from VesselSegLib.models.registry import ModelEntry, ModelRegistry
+from VesselSegLib.inference.inputs import SegmentationInputs
+from VesselSegLib.io.volume import Volume
+from VesselSegLib.methods.base import AdaptiveMethod, MethodImages, refined_index_to_world
+from VesselSegLib.models.registry import ModelRegistry
 from VesselSegLib.postprocessing import build_class_map
-from VesselSegLib.preprocessing import get_preset, normalize_intensity, validate_image, validate_mask
-from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME, vessel_class
+from VesselSegLib.preprocessing import get_preset, normalize_intensity
+from VesselSegLib.preprocessing.resampling import (
+    check_spacing_units,
+    plan_resampling,
+    resample_to_grid,
+    resample_to_spacing,
+)
+from VesselSegLib.request import SegmentationPlan, SegmentationRequest
+from VesselSegLib.vessel_classes import vessel_class
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
+#: Shares of the progress bar: preparation, prediction (adaptation takes part of it), post-processing.
+_PREDICT_START, _PREDICT_STOP = 0.05, 0.9
 
 
 @dataclass
 class SegmentationResult:
-    """What :func:`segment_image` returns.
+    """What :func:`run_segmentation` returns.
 
     Attributes
     ----------
-    class_map : ndarray of uint8, shape (Z, Y, X)
-        0 background, 1 artery, 2 vein, 3 micro (``VesselSegLib.vessel_classes``).
-    probabilities : dict class name -> ndarray of float32, shape (Z, Y, X)
-        Per-class probability (or vesselness for filters) in [0, 1]; empty when not kept.
+    class_map : ndarray of uint8, shape (Z', Y', X')
+        0 background, 1 artery, 2 vein, 3 micro (``VesselSegLib.vessel_classes``), on the output grid: the
+        input's, or ``output_scale_zyx`` times finer for a super-resolution method.
+    probabilities : dict class name -> ndarray of float32, shape (Z', Y', X')
+        Per-class probability (or vesselness for filters) in [0, 1]; empty unless asked for.
     vessel_classes : tuple of str
-        Classes the method produced, in label order.
+        Classes produced, in label order.
+    spacing_zyx : 3 floats, mm
+        Voxel size of the output grid used for every measurement (volumes, graph, metrics), after any
+        correction of implausible units.
+    output_scale_zyx : 3 ints
+        Output voxels per input voxel along each axis.
     """
 
     class_map: np.ndarray
@@ -47,18 +75,69 @@ class SegmentationResult:
     model_sha256: str | None
     device: str
     seconds: float
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    output_scale_zyx: tuple[int, int, int] = (1, 1, 1)
     timings: dict[str, float] = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
-    """What ``microscopy_preprocessing`` did (scale factor, slice medians, filter), JSON-ready; empty if off."""
+    """What the microscopy preprocessing did (scale factor, slice medians, filter), JSON-ready; empty if off."""
+    resampling: dict = field(default_factory=dict)
+    """Whether and why the images were resampled to the model's spacing (``ResamplingPlan.as_record``)."""
+    spacing_check: dict = field(default_factory=dict)
+    """The voxel-size plausibility decision (``SpacingDecision.as_record``)."""
+    adaptation: dict = field(default_factory=dict)
+    """What an adaptive method's test-time adaptation did; empty for other methods."""
 
     def binary_mask(self, class_name: str) -> np.ndarray:
-        """Voxels labelled ``class_name``, shape (Z, Y, X), bool."""
+        """Voxels labelled ``class_name``, shape (Z', Y', X'), bool."""
         return self.class_map == vessel_class(class_name).label_value
 
-    def volumes_mm3(self, spacing_zyx: Sequence[float]) -> dict[str, float]:
-        """Segmented volume per produced class, mm^3."""
-        voxel = float(np.prod(spacing_zyx))
+    def volumes_mm3(self, spacing_zyx: Sequence[float] | None = None) -> dict[str, float]:
+        """Segmented volume per produced class, mm^3 (default: the output grid's spacing)."""
+        voxel = float(np.prod(self.spacing_zyx if spacing_zyx is None else spacing_zyx))
         return {name: float(self.binary_mask(name).sum()) * voxel for name in self.vessel_classes}
+
+    def evaluate_against(self, reference: np.ndarray) -> tuple[dict, bool]:
+        """Scores against reference labels on the input's grid (a class map or a binary vessel mask).
+
+        The reference is brought to the output grid by repeating voxels when the output is finer.
+
+        Returns
+        -------
+        (metrics, scored_as_binary)
+            As ``VesselSegLib.metrics.evaluate_against_reference``.
+        """
+        from VesselSegLib.metrics import evaluate_against_reference
+
+        reference = np.asarray(reference)
+        for axis, factor in enumerate(self.output_scale_zyx):
+            reference = reference.repeat(factor, axis) if factor != 1 else reference
+        if reference.shape != self.class_map.shape:
+            raise ValueError(
+                f"The reference has shape {reference.shape} on the output grid, the result {self.class_map.shape}; "
+                "give reference labels on the input's grid."
+            )
+        return evaluate_against_reference(
+            self.class_map, reference, self.spacing_zyx, class_names=self.vessel_classes
+        )
+
+    def output_volume(self, input_volume: Volume, array: np.ndarray | None = None) -> Volume:
+        """``array`` (default the class map) as a Volume on the output grid of ``input_volume``.
+
+        The same grid as the input's for most methods; for super-resolution the voxels are
+        ``output_scale_zyx`` times smaller and cover the same physical box (origin shifted by half the
+        difference of voxel sizes).
+        """
+        array = self.class_map if array is None else array
+        if self.output_scale_zyx == (1, 1, 1):
+            return input_volume.with_array(array)
+        lps = np.eye(4)
+        lps[:3, :3] = np.asarray(input_volume.direction) * np.asarray(input_volume.spacing_xyz)
+        lps[:3, 3] = input_volume.origin_xyz
+        refined = refined_index_to_world(lps, self.output_scale_zyx)
+        spacing_xyz = tuple(float(s) for s in np.linalg.norm(refined[:3, :3], axis=0))
+        return Volume(
+            array, spacing_xyz, tuple(float(o) for o in refined[:3, 3]), input_volume.direction.copy()
+        )
 
 
 def _report(progress: ProgressCallback | None, fraction: float, message: str) -> None:
@@ -71,119 +150,239 @@ def _check_cancel(cancel: Callable[[], bool] | None) -> None:
         raise SegmentationCancelled("Segmentation cancelled by the user.")
 
 
-def _validate_spacing(spacing_zyx: Sequence[float]) -> tuple[float, float, float]:
-    values = tuple(float(s) for s in spacing_zyx)
-    if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
-        raise ValueError(f"Voxel spacing must be 3 positive numbers (mm), got {tuple(spacing_zyx)}.")
-    return values
+def _scaled(progress: ProgressCallback | None, start: float, stop: float) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    return lambda fraction, message: _report(progress, start + (stop - start) * fraction, message)
 
 
-def _select_classes(entry: ModelEntry, requested: Sequence[str] | None, primary: str) -> tuple[str, ...]:
-    produced = entry.produced_classes or (primary,)
-    if requested is None:
-        return tuple(produced)
-    requested = tuple(requested)
-    if not requested:
-        raise ValueError("No vessel class selected; tick at least one of artery, vein, micro.")
-    for name in requested:
-        vessel_class(name)
-    kept = tuple(name for name in produced if name in requested)
-    if not kept:
-        raise ValueError(
-            f"Method {entry.name!r} produces {', '.join(produced)}, none of the requested classes "
-            f"({', '.join(requested)}); choose another method or class."
-        )
-    return kept
-
-
-MICROSCOPY_OPTIONS = ("intensity_scale", "subtract_slice_median", "median_size")
-
-
-def _preprocess_microscopy(
-    data: np.ndarray, options: Mapping[str, object], entry: ModelEntry
-) -> tuple[np.ndarray, dict]:
+def _microscopy_preprocess(data: np.ndarray, plan: SegmentationPlan) -> tuple[np.ndarray, dict]:
     from VesselSegLib.preprocessing.microscopy import DEFAULT_SCALE_PERCENTILES, preprocess_microscopy_stack
 
-    unknown = set(options) - set(MICROSCOPY_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"Unknown microscopy preprocessing options {sorted(unknown)}; use {MICROSCOPY_OPTIONS}."
-        )
-    scale = options.get("intensity_scale")
+    options = plan.request.microscopy
     factor, reference, percentiles = None, None, DEFAULT_SCALE_PERCENTILES
-    if scale == "auto":
-        percentiles, reference = entry.intensity_reference()
-    elif scale is not None:
-        try:
-            factor = float(scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"intensity_scale must be a positive number or 'auto', got {scale!r}.") from None
-    processed, record = preprocess_microscopy_stack(
+    if options.intensity_scale == "auto":
+        percentiles, reference = plan.entry.intensity_reference()
+    elif options.intensity_scale is not None:
+        factor = float(options.intensity_scale)
+    return preprocess_microscopy_stack(
         data,
         reference_percentiles=reference,
         percentiles=percentiles,
         scale_factor=factor,
-        subtract_median=bool(options.get("subtract_slice_median", False)),
-        median_size=options.get("median_size"),
+        subtract_median=options.subtract_slice_median,
+        median_size=options.median_size,
     )
-    return processed, record
 
 
-def _predict_network(
-    entry: ModelEntry,
-    normalized: np.ndarray,
-    *,
-    patch_size_zyx: Sequence[int] | None,
-    default_patch_zyx: Sequence[int],
-    overlap: float | Sequence[float] | None,
-    batch_size: int,
-    device,
-    progress: ProgressCallback | None,
-    cancel: Callable[[], bool] | None,
-) -> dict[str, np.ndarray]:
-    """Class name -> probability map of one registry network over the whole (normalised) volume."""
-    network = entry.load_network()
-    patch = tuple(patch_size_zyx or entry.patch_size_zyx or default_patch_zyx)
-    divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
-    if any(p % d for p, d in zip(patch, divisor, strict=True)):
-        raise ValueError(
-            f"Patch size {patch} (Z, Y, X) must be a multiple of {divisor} along each axis for {entry.name}."
+def _normalised_images(
+    inputs: SegmentationInputs, plan: SegmentationPlan, spacing_zyx, timings: dict
+) -> tuple[MethodImages, dict]:
+    """The input and companions, checked and normalised by their presets, with the mask."""
+    preset = get_preset(plan.request.modality)
+    data = inputs.checked_image()
+    mask = inputs.checked_mask()
+    if mask is None and not preset.vessels_bright:
+        logger.warning(
+            "%s without a brain mask: intensities are inverted over the whole volume, so the dark air around "
+            "the head becomes bright. Give a brain mask (e.g. from Slicer's Swiss Skull Stripper or HD-BET).",
+            preset.name,
         )
-    output = predict_probabilities(
-        network,
-        normalized,
-        patch_size_zyx=patch,
-        overlap=entry.overlap if overlap is None else overlap,
-        batch_size=batch_size,
+    preprocessing_record: dict = {}
+    if plan.request.microscopy.active:
+        data, preprocessing_record = _microscopy_preprocess(data, plan)
+    tick = time.perf_counter()
+    # Bright-vessel presets are normalised over the whole volume, as the trainer does for them; the mask then
+    # only limits where vessels are searched. SWI needs the mask for its inversion (preprocessing.presets).
+    normalised = normalize_intensity(data, preset, None if preset.vessels_bright else mask)
+    del data
+    companions = {}
+    for modality in inputs.companions:
+        companion_preset = get_preset(modality)
+        companions[modality] = normalize_intensity(
+            inputs.checked_companion(modality),
+            companion_preset,
+            None if companion_preset.vessels_bright else mask,
+        )
+    timings["normalise_s"] = time.perf_counter() - tick
+    images = MethodImages(
+        image=normalised, spacing_zyx=tuple(spacing_zyx), preset=preset, mask=mask, companions=companions
+    )
+    return images, preprocessing_record
+
+
+def _resampled(images: MethodImages, target_spacing_zyx) -> MethodImages:
+    """The images on the model's grid: intensities linearly, the mask by nearest neighbour."""
+    to_spacing = lambda array, how: resample_to_spacing(  # noqa: E731
+        array, images.spacing_zyx, target_spacing_zyx, interpolation=how
+    )
+    return MethodImages(
+        image=to_spacing(images.image, "linear"),
+        spacing_zyx=tuple(float(s) for s in target_spacing_zyx),
+        preset=images.preset,
+        mask=None if images.mask is None else to_spacing(images.mask.astype(np.uint8), "nearest") > 0,
+        companions={name: to_spacing(array, "linear") for name, array in images.companions.items()},
+    )
+
+
+def run_segmentation(
+    inputs: SegmentationInputs,
+    request: SegmentationRequest | SegmentationPlan,
+    *,
+    registry: ModelRegistry | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> SegmentationResult:
+    """Segment the vessels of ``inputs.image`` as ``request`` asks.
+
+    Parameters
+    ----------
+    inputs : SegmentationInputs
+        The input volume with its geometry, and optionally a brain mask, companions and a reference (the
+        reference is only checked here; scoring is ``VesselSegLib.metrics.evaluate_against_reference``).
+    request : SegmentationRequest or SegmentationPlan
+        What to do; a request is resolved against ``registry`` first.
+    registry : ModelRegistry, optional
+        Default: the shipped ``Resources/Models/models.json``.
+    progress : callable(fraction in [0, 1], message), optional
+    cancel : callable() -> bool, optional
+        Polled between steps and windows; True raises :class:`VesselSegLib.errors.SegmentationCancelled`.
+
+    Returns
+    -------
+    SegmentationResult
+
+    Raises
+    ------
+    ValueError
+        A bad image or option, with a message that names the problem and the fix.
+    SegmentationCancelled
+    """
+    from VesselSegLib.inference.sliding_window import resolve_device  # imports torch
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    plan = request if isinstance(request, SegmentationPlan) else request.resolve(registry)
+    request = plan.request
+    inputs.check(request.companion_modalities)
+    spacing = check_spacing_units(
+        inputs.image.spacing_zyx, request.modality, spacing_given=inputs.spacing_given
+    )
+    if spacing.corrected:
+        logger.warning("%s", spacing.message)
+    device = str(resolve_device(request.device))
+    _check_cancel(cancel)
+
+    _report(progress, 0.0, f"Normalising ({request.modality})")
+    images, preprocessing_record = _normalised_images(inputs, plan, spacing.spacing_zyx, timings)
+    input_shape = images.image.shape
+    resampling = plan_resampling(images.spacing_zyx, plan.method.training_spacing_zyx(), request.resampling)
+    if resampling.resample:
+        tick = time.perf_counter()
+        _report(progress, 0.02, f"Resampling to the model's voxel size {resampling.target_spacing_zyx} mm")
+        model_images = _resampled(images, resampling.target_spacing_zyx)
+        timings["resample_s"] = time.perf_counter() - tick
+    else:
+        model_images = images
+    _check_cancel(cancel)
+
+    tick = time.perf_counter()
+    adaptation: dict = {}
+    predict_start = _PREDICT_START
+    if isinstance(plan.method, AdaptiveMethod):
+        budget = request.adaptation_budget_s or plan.method.default_adaptation_budget_s
+        predict_start = (_PREDICT_START + _PREDICT_STOP) / 2
+        adaptation = plan.method.adapt(
+            model_images,
+            plan,
+            budget_s=budget,
+            device=device,
+            progress=_scaled(progress, _PREDICT_START, predict_start),
+            cancel=cancel,
+        )
+        timings["adapt_s"] = time.perf_counter() - tick
+        _check_cancel(cancel)
+    prediction = plan.method.predict(
+        model_images,
+        plan,
         device=device,
-        progress=progress,
+        progress=_scaled(progress, predict_start, _PREDICT_STOP),
         cancel=cancel,
     )
-    return {name: output[index] for index, name in enumerate(entry.vessel_classes)}
+    timings["predict_s"] = time.perf_counter() - tick - timings.get("adapt_s", 0.0)
+    _check_cancel(cancel)
+
+    _report(progress, 0.92, "Post-processing")
+    tick = time.perf_counter()
+    scale = tuple(int(s) for s in plan.method.output_scale_zyx)
+    output_shape = tuple(n * s for n, s in zip(input_shape, scale, strict=True))
+    output_spacing = tuple(s / k for s, k in zip(images.spacing_zyx, scale, strict=True))
+    model_output_shape = tuple(n * s for n, s in zip(model_images.image.shape, scale, strict=True))
+    probabilities = dict(prediction.probabilities)
+    decisions = dict(prediction.decisions or probabilities)
+    for maps in (probabilities, decisions):
+        for name, array in maps.items():
+            if array.shape != model_output_shape:
+                raise RuntimeError(
+                    f"{plan.entry.name} returned a {name} map of shape {array.shape}, expected {model_output_shape}."
+                )
+            if resampling.resample:  # back onto the exact output grid of the input
+                maps[name] = resample_to_grid(
+                    array,
+                    tuple(s / k for s, k in zip(model_images.spacing_zyx, scale, strict=True)),
+                    output_shape,
+                    output_spacing,
+                    interpolation="linear",
+                )
+    mask = images.mask
+    if mask is not None and scale != (1, 1, 1):
+        mask = mask.repeat(scale[0], 0).repeat(scale[1], 1).repeat(scale[2], 2)
+    if mask is not None:
+        for maps in (probabilities, decisions):
+            for array in maps.values():
+                array[~mask] = 0.0
+    class_map = build_class_map(
+        decisions,
+        spacing_zyx=output_spacing,
+        thresholds=prediction.thresholds,
+        min_component_mm3=plan.min_component_mm3,
+    )
+    timings["postprocess_s"] = time.perf_counter() - tick
+    _report(progress, 1.0, "Done")
+    return SegmentationResult(
+        class_map=class_map,
+        probabilities={name: np.asarray(p, dtype=np.float32) for name, p in probabilities.items()}
+        if request.keep_probabilities
+        else {},
+        vessel_classes=prediction.vessel_classes,
+        method=plan.entry.name,
+        method_display_name=plan.entry.display_name,
+        model_sha256=prediction.model_sha256,
+        device=prediction.device,
+        seconds=time.perf_counter() - started,
+        spacing_zyx=output_spacing,
+        output_scale_zyx=scale,
+        timings=timings,
+        preprocessing=preprocessing_record,
+        resampling=resampling.as_record(),
+        spacing_check=spacing.as_record(),
+        adaptation=adaptation,
+    )
 
 
 def segment_image(
     image: np.ndarray,
     spacing_zyx: Sequence[float],
+    request: SegmentationRequest | None = None,
     *,
-    modality: str = "TOF-MRA",
-    method: str | None = None,
     brain_mask: np.ndarray | None = None,
-    vessel_classes: Sequence[str] | None = None,
-    device: str = "auto",
-    patch_size_zyx: Sequence[int] | None = None,
-    overlap: float | Sequence[float] | None = None,
-    batch_size: int = 2,
-    thresholds: Mapping[str, float] | None = None,
-    min_component_mm3: float | None = None,
-    keep_probabilities: bool = True,
+    companion_images: Mapping[str, np.ndarray] | None = None,
+    registry: ModelRegistry | None = None,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
-    registry: ModelRegistry | None = None,
-    companion_images: Mapping[str, np.ndarray] | None = None,
-    microscopy_preprocessing: Mapping[str, object] | None = None,
+    **request_fields,
 ) -> SegmentationResult:
-    """Segment the vessels of one volume into artery, vein and micro-vessel classes.
+    """:func:`run_segmentation` for plain arrays on an axis-aligned grid of voxel size ``spacing_zyx`` (mm).
 
     Parameters
     ----------
@@ -191,218 +390,32 @@ def segment_image(
         Raw intensities, any real dtype. Never modified.
     spacing_zyx : 3 floats
         Voxel size in mm, array-axis order.
-    modality : {"TOF-MRA", "SWI", "2PM"}
-        Preset that sets the intensity normalisation (``VesselSegLib.preprocessing.presets``).
-    method : str, optional
-        A name from the model registry; default: the registry's default for ``modality``.
+    request : SegmentationRequest, optional
+        What to do; or give its fields as keywords (``modality="2PM", method="vnet-2pm"``), which build one.
+        Default: ``SegmentationRequest()`` (TOF-MRA, the registry's default method).
     brain_mask : ndarray of bool, shape (Z, Y, X), optional
-        Region to segment; voxels outside are background. SWI inverts intensities inside it.
-    vessel_classes : sequence of str, optional
-        Classes to keep among those the method produces (default: all).
-    device : {"auto", "cpu", "cuda", "mps"}
-    patch_size_zyx, overlap : optional
-        Sliding-window settings; default: the registry entry's.
-    batch_size : int
-    thresholds : mapping class -> float, optional
-        Probability thresholds; default: the registry entry's, else 0.5.
-    min_component_mm3 : float, optional
-        Remove connected components below this volume; default: the modality preset's.
-    keep_probabilities : bool
-        Return the per-class probability maps (costs 4 bytes per voxel per class).
-    progress : callable(fraction, message), optional
-    cancel : callable() -> bool, optional
-        Polled between steps and patches; True raises :class:`VesselSegLib.errors.SegmentationCancelled`.
-    registry : ModelRegistry, optional
-        Default: the shipped ``Resources/Models/models.json``.
     companion_images : mapping modality -> ndarray (Z, Y, X), optional
-        Co-registered images of other modalities on the input's grid, for ensembles whose members read
-        another contrast (VC-Net: artery from TOF-MRA, vein and micro from SWI). Other methods ignore them.
-        Classes whose member has no image are skipped with a warning.
-    microscopy_preprocessing : mapping, optional
-        The 2PM paper's preprocessing for stacks from another microscope (section 4.2), applied before the
-        preset's normalisation: ``{"intensity_scale": float | "auto" | None, "subtract_slice_median": bool,
-        "median_size": int | None}``. The paper picks a linear intensity factor by hand to match a new
-        microscope to its training data; "auto" estimates it from robust percentiles against the reference
-        in the model's card (``ModelEntry.intensity_reference``) and records it in
-        ``result.preprocessing``. Our presets then map each volume's robust percentiles onto a fixed range
-        (``normalize_intensity``), which makes the segmentation the same for any positive factor: the
-        factor is a diagnostic of how a new microscope's scale compares with the training data's, and kept
-        for parity with the paper.
-
-    Returns
-    -------
-    SegmentationResult
+        Co-registered images of other contrasts on the same grid (VC-Net reads SWI beside TOF-MRA).
+    registry, progress, cancel
+        As for :func:`run_segmentation`.
     """
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    preset = get_preset(modality)
-    registry = registry or ModelRegistry.default()
-    entry = registry.default_for(modality) if method is None else registry.get(method)
-    if modality not in entry.modalities:
-        raise ValueError(
-            f"Method {entry.name!r} is not made for {modality} images (it handles {', '.join(entry.modalities)}); "
-            f"pick another method or preset."
-        )
-    classes = _select_classes(entry, vessel_classes, preset.primary_vessel_class)
-    spacing_zyx = _validate_spacing(spacing_zyx)
-    data = validate_image(image)
-    mask = None if brain_mask is None else validate_mask(brain_mask, data.shape)
-    if mask is None and not preset.vessels_bright:
-        logger.warning(
-            "%s without a brain mask: intensities are inverted over the whole volume, so the dark air around "
-            "the head becomes bright. Give a brain mask (e.g. from Slicer's Swiss Skull Stripper or HD-BET).",
-            preset.name,
-        )
-    unknown = set(thresholds or {}) - set(VESSEL_CLASS_BY_NAME)
-    if unknown:
-        raise ValueError(
-            f"Thresholds given for unknown classes {sorted(unknown)}; use artery, vein or micro."
-        )
-    if batch_size < 1:
-        raise ValueError(f"Batch size must be >= 1, got {batch_size}.")
-    target_device = resolve_device(device)
-    _check_cancel(cancel)
-
-    preprocessing_record: dict = {}
-    if microscopy_preprocessing:
-        data, preprocessing_record = _preprocess_microscopy(data, microscopy_preprocessing, entry)
-    _report(progress, 0.0, f"Normalising ({preset.name})")
-    tick = time.perf_counter()
-    # Bright-vessel presets are normalised over the whole volume, as the trainer does for them; the mask then
-    # only limits where vessels are searched. SWI needs the mask for its inversion (preprocessing.presets).
-    normalized = normalize_intensity(data, preset, None if preset.vessels_bright else mask)
-    del data
-    timings["normalise_s"] = time.perf_counter() - tick
-    _check_cancel(cancel)
-
-    tick = time.perf_counter()
-    if entry.kind == "network":
-        all_probabilities = _predict_network(
-            entry,
-            normalized,
-            patch_size_zyx=patch_size_zyx,
-            default_patch_zyx=preset.default_patch_size_zyx,
-            overlap=overlap,
-            batch_size=batch_size,
-            device=target_device,
-            progress=lambda fraction, message: _report(progress, 0.05 + 0.85 * fraction, message),
-            cancel=cancel,
-        )
-        probabilities = {name: all_probabilities[name] for name in classes}
-        decisions = probabilities
-        merged_thresholds = {**entry.thresholds, **(thresholds or {})}
-    elif entry.kind == "ensemble":
-        images = {preset.name: normalized}
-        raw_companions = dict(companion_images or {})
-        members = registry.members(entry)
-        runnable = [
-            name for name in classes if members[name].input_modality in {preset.name, *raw_companions}
-        ]
-        skipped = [name for name in classes if name not in runnable]
-        if not runnable:
-            needed = sorted({members[name].input_modality for name in classes})
-            raise ValueError(
-                f"{entry.display_name} reads {' and '.join(needed)} images for the classes asked for "
-                f"({', '.join(classes)}); give the input as {needed[0]}, or add a co-registered companion "
-                f"image of that modality (--companion {needed[0]}=PATH on the command line)."
-            )
-        if skipped:
-            logger.warning(
-                "%s: no %s image, so %s is not segmented; add a co-registered companion image to get it.",
-                entry.display_name,
-                " / ".join(sorted({members[name].input_modality for name in skipped})),
-                ", ".join(skipped),
-            )
-        probabilities = {}
-        merged_thresholds = {}
-        for index, name in enumerate(runnable):
-            member = members[name]
-            member_modality = member.input_modality
-            if member_modality not in images:
-                companion = validate_image(raw_companions[member_modality])
-                if companion.shape != normalized.shape:
-                    raise ValueError(
-                        f"The {member_modality} companion image has shape {companion.shape} but the input has "
-                        f"{normalized.shape}; resample it onto the input's grid first."
-                    )
-                member_preset = get_preset(member_modality)
-                images[member_modality] = normalize_intensity(
-                    companion, member_preset, None if member_preset.vessels_bright else mask
-                )
-            start, stop = 0.05 + 0.85 * index / len(runnable), 0.05 + 0.85 * (index + 1) / len(runnable)
-            member_probabilities = _predict_network(
-                member,
-                images[member_modality],
-                patch_size_zyx=patch_size_zyx,
-                default_patch_zyx=preset.default_patch_size_zyx,
-                overlap=overlap,
-                batch_size=batch_size,
-                device=target_device,
-                progress=lambda fraction, message, a=start, b=stop, n=member.display_name: _report(
-                    progress, a + (b - a) * fraction, f"{n}: {message}"
-                ),
-                cancel=cancel,
-            )
-            probabilities[name] = member_probabilities[name]
-            merged_thresholds[name] = member.thresholds.get(name, 0.5)
-        del images
-        classes = tuple(runnable)
-        merged_thresholds.update(thresholds or {})
-        decisions = probabilities
-    else:
-        from VesselSegLib.baselines.frangi import segment_frangi
-
-        finest_mm = min(spacing_zyx)
-        vesselness, segmentation = segment_frangi(
-            normalized,
-            spacing_zyx,
-            threshold=(thresholds or {}).get(classes[0]),  # None: automatic (triangle) threshold
-            sigmas_mm=tuple(k * finest_mm for k in preset.frangi_sigmas_voxels),
-            bright_vessels=True,  # the preset already made vessels bright
-            mask=mask,
-            progress=lambda fraction, message: (
-                _check_cancel(cancel),
-                _report(progress, 0.05 + 0.85 * fraction, message),
-            ),
-        )
-        probabilities = {classes[0]: vesselness}
-        # The class map is built from Frangi's own binary decision; 0.5 splits the 0/1 mask.
-        decisions = {classes[0]: segmentation.astype(np.float32)}
-        merged_thresholds = {}
-    timings["predict_s"] = time.perf_counter() - tick
-    _check_cancel(cancel)
-
-    _report(progress, 0.92, "Post-processing")
-    tick = time.perf_counter()
-    if mask is not None:
-        for probability in probabilities.values():
-            probability[~mask] = 0.0
-    class_map = build_class_map(
-        decisions,
-        spacing_zyx=spacing_zyx,
-        thresholds=merged_thresholds,
-        min_component_mm3=preset.default_min_component_mm3
-        if min_component_mm3 is None
-        else min_component_mm3,
+    values = tuple(float(s) for s in spacing_zyx)
+    if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
+        raise ValueError(f"Voxel spacing must be 3 positive numbers (mm), got {tuple(spacing_zyx)}.")
+    if request is not None and request_fields:
+        raise ValueError(f"Give either a request or its fields, not both (got {sorted(request_fields)}).")
+    request = request or SegmentationRequest(**request_fields)
+    grid = lambda array: Volume(np.asarray(array), spacing_xyz=tuple(reversed(values)))  # noqa: E731
+    companions = {name: grid(array) for name, array in (companion_images or {}).items()}
+    if companions and not request.companion_modalities:
+        request = request.replace(companion_modalities=tuple(companions))
+    inputs = SegmentationInputs(
+        image=grid(image),
+        mask=None if brain_mask is None else grid(brain_mask),
+        companions=companions,
+        spacing_given=True,  # the caller states the spacing: never reinterpret its units
     )
-    timings["postprocess_s"] = time.perf_counter() - tick
-    _report(progress, 1.0, "Done")
-    return SegmentationResult(
-        class_map=class_map,
-        probabilities={name: p.astype(np.float32, copy=False) for name, p in probabilities.items()}
-        if keep_probabilities
-        else {},
-        vessel_classes=classes,
-        method=entry.name,
-        method_display_name=entry.display_name,
-        model_sha256=entry.sha256
-        if entry.kind != "ensemble"
-        else ";".join(f"{member.name}={member.sha256}" for member in registry.members(entry).values()),
-        device=str(target_device) if entry.kind != "vesselness" else "cpu",
-        seconds=time.perf_counter() - started,
-        timings=timings,
-        preprocessing=preprocessing_record,
-    )
+    return run_segmentation(inputs, request, registry=registry, progress=progress, cancel=cancel)
 
 
-__all__ = ["SegmentationResult", "segment_image"]
+__all__ = ["SegmentationResult", "run_segmentation", "segment_image"]

@@ -5,7 +5,7 @@ Each entry names a method the user can pick (in Slicer's Method panel or ``vesse
     {
       "name": "unet3d-baseline",            # what users type
       "display_name": "3D U-Net (baseline)",
-      "kind": "network" | "vesselness",     # learned network, or a non-learned filter
+      "kind": "network" | "vesselness",     # learned network, or a non-learned filter (VesselSegLib.methods)
       "architecture": "UNet3D",             # network class (VesselSegLib.models.networks)
       "arguments": {...},                   # its constructor arguments
       "weights": "unet3d_baseline.safetensors",  # beside models.json
@@ -23,6 +23,11 @@ micro models)::
 
     {"name": "vcnet", "kind": "ensemble", "members": {"artery": "vcnet-artery", "vein": "vcnet-vein", ...},
      "modalities": ["TOF-MRA", "SWI"], "vessel_classes": ["artery", "vein", "micro"]}
+
+A kind that is not built in names its class, and may carry settings for it::
+
+    {"name": "my-method", "kind": "my-kind", "implementation": "my_package.my_module:MyMethod",
+     "settings": {...}, "modalities": [...], "vessel_classes": [...]}
 
 Each member is a network entry of the same registry that produces its class; it reads the image of its
 first modality (the input itself, or a co-registered companion image of that modality, see
@@ -43,6 +48,8 @@ if TYPE_CHECKING:  # the registry is read without PyTorch (Slicer lists methods 
     from torch import nn
 
 REGISTRY_FILE_NAME = "models.json"
+#: Kinds built into VesselSeg (``VesselSegLib.methods.BUILTIN_KINDS``); an entry of another kind names its
+#: class with ``"implementation": "module:Class"``.
 METHOD_KINDS = ("network", "vesselness", "ensemble")
 
 
@@ -66,6 +73,10 @@ class ModelEntry:
     thresholds: dict[str, float] = field(default_factory=dict)
     card: str | None = None
     members: dict[str, str] = field(default_factory=dict)
+    implementation: str | None = None
+    """"module:Class" of a method kind that is not built in (``VesselSegLib.methods``)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Method-specific settings (e.g. an adaptation's learning rate), read by the method's class."""
     directory: Path = field(default_factory=Path)
 
     @property
@@ -143,15 +154,18 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
             thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
             card=raw.get("card"),
             members={str(k): str(v) for k, v in raw.get("members", {}).items()},
+            implementation=raw.get("implementation"),
+            settings=dict(raw.get("settings", {})),
             directory=directory,
         )
     except KeyError as missing:
         raise ValueError(
             f"Model registry entry {raw.get('name', raw)!r} lacks the field {missing}."
         ) from None
-    if entry.kind not in METHOD_KINDS:
+    if entry.kind not in METHOD_KINDS and not entry.implementation:
         raise ValueError(
-            f"Model registry entry {entry.name!r} has kind {entry.kind!r}; use one of {METHOD_KINDS}."
+            f"Model registry entry {entry.name!r} has kind {entry.kind!r}; use one of {METHOD_KINDS}, or name "
+            'the class of a new kind with "implementation": "module:Class".'
         )
     for class_name in entry.vessel_classes:
         vessel_class(class_name)  # raises on unknown class names

@@ -3,22 +3,24 @@
 No Qt and no ``slicer.app`` here: the class runs inside 3D Slicer (the module's ``VesselSegLogic`` derives
 from it) and on a headless scene from ``VesselSegLib.mrml.scene.create_headless_scene``.
 
-The work is split in three steps so that the module's widget can run the slow one in a worker thread:
+Every run is described by one :class:`VesselSegLib.request.SegmentationRequest` (the widget builds it from
+the parameter node, the command line from its options) and goes through three steps, so that the module's
+widget can run the slow one away from the GUI thread:
 
-1. ``prepareInputs`` (main thread): checks the nodes and parameters, copies the voxels and the geometry;
-2. ``computeSegmentation`` (any thread): runs ``VesselSegLib.inference.pipeline.segment_image`` on the
-   copies; it touches no MRML object at all;
-3. ``addResultsToScene`` (main thread): creates the segmentation, probability volumes and models.
+1. ``prepareInputs`` (main thread): checks the nodes and the request, copies the voxels and the geometry;
+2. ``computeSegmentation`` (any thread or process): runs the library's driver
+   (``VesselSegLib.inference.pipeline.run_segmentation``) on the copies; it touches no MRML object at all;
+3. ``addResultsToScene`` (main thread): creates the segmentation, probability volumes, models, the vessel
+   graph and the metrics table, all inside one :class:`~VesselSegLib.mrml.transaction.SceneTransaction`.
 
-``process`` runs the three in a row for scripts and tests. Input nodes are never modified; a cancel or an
-error leaves the scene as it was (new nodes removed, an existing output segmentation restored).
+``process`` runs the three in a row for scripts, batch mode and tests. Input nodes are never modified; an
+error, a cancel or a KeyboardInterrupt leaves the scene as it was.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +30,15 @@ import slicer.util
 import vtk
 
 from VesselSegLib.errors import SegmentationCancelled
-from VesselSegLib.mrml.scene import get_ijk_to_ras, set_ijk_to_ras
+from VesselSegLib.methods.base import refined_index_to_world
+from VesselSegLib.mrml.scene import get_ijk_to_ras, set_ijk_to_ras, volume_from_node
+from VesselSegLib.mrml.transaction import SceneTransaction
 from VesselSegLib.preprocessing.presets import MODALITY_PRESETS, get_preset
-from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME, vessel_class
+from VesselSegLib.request import SegmentationPlan, SegmentationRequest
+from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 
 if TYPE_CHECKING:  # torch is imported only when a segmentation runs (see _registry)
+    from VesselSegLib.inference.inputs import SegmentationInputs
     from VesselSegLib.inference.pipeline import SegmentationResult
     from VesselSegLib.models.registry import ModelEntry, ModelRegistry
 
@@ -47,18 +53,6 @@ GEOMETRY_TOLERANCE = 1e-4
 COMPUTE_PROGRESS_FRACTION = 0.9
 MODELS_FOLDER_NAME = "VesselSeg models"
 
-#: Python packages the library imports, as (import name, pip name); the module offers to install missing ones.
-REQUIRED_PACKAGES: tuple[tuple[str, str], ...] = (
-    ("torch", "torch"),
-    ("monai", "monai"),
-    ("scipy", "scipy"),
-    ("skimage", "scikit-image"),
-    ("SimpleITK", "SimpleITK"),
-    ("cc3d", "connected-components-3d"),
-    ("safetensors", "safetensors"),
-    ("tifffile", "tifffile"),
-)
-
 
 @dataclass
 class VesselSegInputs:
@@ -68,29 +62,39 @@ class VesselSegInputs:
     ----------
     inputVolume : vtkMRMLScalarVolumeNode
         The node the voxels came from (used only for names and the parent transform afterwards).
-    image : ndarray, shape (Z, Y, X)
-        A copy of the input voxels.
-    spacingZYX : tuple of 3 float
-        Voxel size, mm.
+    plan : SegmentationPlan
+        The request, checked against the registry.
+    volumes : SegmentationInputs
+        Copies of the input, mask, companion and reference voxels with their grids.
     ijkToRAS : ndarray, shape (4, 4)
-        The input's IJK-to-RAS matrix when the copy was made; outputs are placed on this grid.
-    mask : ndarray of bool, shape (Z, Y, X), or None
-    segmentArguments : dict
-        Keyword arguments for ``segment_image`` (modality, method, classes, device, patch, thresholds, ...).
-    reference : ndarray, shape (Z, Y, X), or None
-        A copy of the reference labels (class map or binary mask) to score the result against.
+        The input's IJK-to-RAS matrix when the copy was made; outputs are placed on this grid (or a finer
+        one covering the same box, for super-resolution methods).
     referenceName : str
         The reference node's name, for the metrics table.
     """
 
     inputVolume: Any
-    image: np.ndarray = field(repr=False)
-    spacingZYX: tuple[float, float, float]
+    plan: SegmentationPlan
+    volumes: SegmentationInputs = field(repr=False)
     ijkToRAS: np.ndarray
-    mask: np.ndarray | None = field(repr=False)
-    segmentArguments: dict[str, Any] = field(default_factory=dict)
-    reference: np.ndarray | None = field(default=None, repr=False)
     referenceName: str = ""
+
+    @property
+    def request(self) -> SegmentationRequest:
+        return self.plan.request
+
+    @property
+    def image(self) -> np.ndarray:
+        """The copied input voxels, shape (Z, Y, X)."""
+        return self.volumes.image.array
+
+    @property
+    def spacingZYX(self) -> tuple[float, float, float]:
+        return self.volumes.image.spacing_zyx
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        return None if self.volumes.reference is None else self.volumes.reference.array
 
 
 @dataclass
@@ -102,13 +106,15 @@ class VesselSegOutputs:
     segmentationNode : vtkMRMLSegmentationNode
         One segment per produced class; ids and names "Artery", "Vein", "Micro-vessel".
     probabilityVolumeNodes : dict class name -> vtkMRMLScalarVolumeNode
-        Float probability (or vesselness) maps on the input grid; empty unless asked for.
+        Float probability (or vesselness) maps on the output grid; empty unless asked for.
     modelNodes : dict class name -> vtkMRMLModelNode
         Closed-surface models in the class colours; empty unless asked for (or a class is empty).
     folderItemId : int
         Subject-hierarchy folder holding the models (0 when no models were made).
     result : SegmentationResult
-        The library's result (class map, probabilities, method, timings).
+        The library's result (class map, probabilities, method, timings, resampling record).
+    outputIJKToRAS : ndarray, shape (4, 4)
+        Grid of the outputs: the input's, or a finer one for a super-resolution method.
     """
 
     segmentationNode: Any
@@ -116,8 +122,9 @@ class VesselSegOutputs:
     modelNodes: dict[str, Any]
     folderItemId: int
     result: SegmentationResult = field(repr=False)
+    outputIJKToRAS: np.ndarray = field(default_factory=lambda: np.eye(4), repr=False)
     graph: Any = None
-    """``VesselSegLib.graph.VesselGraph`` of the segmented vessels when asked for (``createGraph``)."""
+    """``VesselSegLib.graph.VesselGraph`` of the segmented vessels when asked for (``create_graph``)."""
     graphModelNode: Any = None
     """Centrelines as a model coloured by radius (mm)."""
     graphTableNode: Any = None
@@ -152,11 +159,10 @@ class VesselSegLogic:
 
     Usable from the Python console, a script or a test::
 
+        from VesselSegLib.request import SegmentationRequest
         logic = VesselSegLogic()
-        outputs = logic.process(volumeNode, modality="TOF-MRA")
+        outputs = logic.process(volumeNode, SegmentationRequest(modality="TOF-MRA"))
         outputs.segmentationNode  # segments "Artery", ...
-
-    Parameters mirror ``VesselSegLib.inference.pipeline.segment_image`` in Slicer's camelCase.
     """
 
     #: Model registry to use; None: the shipped ``Resources/Models/models.json`` (read on each use).
@@ -170,10 +176,11 @@ class VesselSegLogic:
 
     @staticmethod
     def missingPackages() -> list[tuple[str, str]]:
-        """The required Python packages that are not installed, as (import name, pip name)."""
-        return [
-            (module, pip) for module, pip in REQUIRED_PACKAGES if importlib.util.find_spec(module) is None
-        ]
+        """The declared requirements that are not met, as (requirement, reason) for the install prompt."""
+        from VesselSegLib.dependencies import missing_requirements
+
+        inside = hasattr(slicer, "app")  # slicer-core has no application
+        return [(unmet.requirement, unmet.reason) for unmet in missing_requirements(inside_slicer=inside)]
 
     @staticmethod
     def modalityNames() -> list[str]:
@@ -181,21 +188,19 @@ class VesselSegLogic:
         return list(MODALITY_PRESETS)
 
     def _registry(self) -> ModelRegistry:
-        # Imported here, not at module level: the registry imports torch, and the Slicer module must load
-        # (and offer to install PyTorch) on a Slicer without it.
+        # Imported here, not at module level: the Slicer module must load (and offer to install PyTorch) on a
+        # Slicer without the library's dependencies.
         from VesselSegLib.models.registry import ModelRegistry
 
         return self.registry if self.registry is not None else ModelRegistry.default()
 
     def availableMethods(self, modality: str) -> list[ModelEntry]:
         """Registry entries that handle ``modality`` (ValueError for an unknown preset)."""
-        get_preset(modality)
-        return self._registry().entries(modality)
+        return self._registry().entries(get_preset(modality).name)
 
     def defaultMethod(self, modality: str) -> str:
         """Name of the registry's recommended method for ``modality``."""
-        get_preset(modality)
-        return self._registry().default_for(modality).name
+        return self._registry().default_for(get_preset(modality).name).name
 
     # ------------------------------------------------------------------ checks
 
@@ -237,49 +242,29 @@ class VesselSegLogic:
     def checkInputs(
         self,
         inputVolume,
+        request: SegmentationRequest | None = None,
         *,
         maskVolume=None,
         companionVolumes: Mapping[str, Any] | None = None,
-        outputSegmentation=None,
-        modality: str = "TOF-MRA",
-        method: str | None = None,
-        vesselClasses: Sequence[str] = ("artery", "vein", "micro"),
         referenceVolume=None,
-    ) -> None:
-        """Raise ValueError, with a message for the user, when the nodes or parameters cannot be used.
+        outputSegmentation=None,
+    ) -> SegmentationPlan:
+        """Check the nodes and the request; return the plan. Raise ValueError with a message for the user.
 
-        Reads the nodes only; never changes them.
+        Reads the nodes only (no voxel copy); never changes them.
         """
+        request = request or SegmentationRequest()
         self._checkScalarVolume(inputVolume, "input volume")
-        preset = get_preset(modality)
-        if method is not None:
-            entry = self._registry().get(method)
-            if modality not in entry.modalities:
-                raise ValueError(
-                    f"Method {entry.display_name!r} is not made for {modality} images (it handles "
-                    f"{', '.join(entry.modalities)}); pick another method or modality preset."
-                )
-        else:
-            entry = self._registry().default_for(modality)
-        classes = tuple(vesselClasses or ())
-        if not classes:
-            raise ValueError("No vessel class selected; tick at least one of Artery, Vein, Micro-vessel.")
-        for name in classes:
-            vessel_class(name)
-        produced = entry.produced_classes or (preset.primary_vessel_class,)
-        if not set(produced) & set(classes):
-            names = ", ".join(VESSEL_CLASS_BY_NAME[c].display_name for c in produced)
-            raise ValueError(
-                f"{entry.display_name} segments only {names} on {modality} images; tick that class or choose "
-                "another method."
-            )
+        companions = dict(companionVolumes or {})
+        if companions and set(request.companion_modalities) != set(companions):
+            request = request.replace(companion_modalities=tuple(companions))
+        plan = request.resolve(self._registry())
         if maskVolume is not None:
             self._checkScalarVolume(maskVolume, "brain mask")
             self._checkSameGrid(maskVolume, inputVolume, "brain mask")
-        for companionModality, companionVolume in (companionVolumes or {}).items():
-            get_preset(companionModality)  # raises on an unknown modality, listing the presets
-            self._checkScalarVolume(companionVolume, f"{companionModality} companion volume")
-            self._checkSameGrid(companionVolume, inputVolume, f"{companionModality} companion volume")
+        for modality, companionVolume in companions.items():
+            self._checkScalarVolume(companionVolume, f"{modality} companion volume")
+            self._checkSameGrid(companionVolume, inputVolume, f"{modality} companion volume")
         if referenceVolume is not None:
             self._checkScalarVolume(referenceVolume, "reference labels")
             self._checkSameGrid(referenceVolume, inputVolume, "reference labels")
@@ -288,13 +273,12 @@ class VesselSegLogic:
                 f"The output {outputSegmentation.GetName()!r} is a {outputSegmentation.GetClassName()}; "
                 "choose a segmentation node or create a new one."
             )
+        return plan
 
-    def isValidInputOutputData(self, inputVolume, maskVolume=None, outputSegmentation=None, **parameters):
+    def isValidInputOutputData(self, inputVolume, request: SegmentationRequest | None = None, **nodes):
         """(ok, message) for the Apply button: message says what to fix, or what Apply will do."""
         try:
-            self.checkInputs(
-                inputVolume, maskVolume=maskVolume, outputSegmentation=outputSegmentation, **parameters
-            )
+            self.checkInputs(inputVolume, request, **nodes)
         except (ValueError, FileNotFoundError) as error:
             return False, str(error)
         return True, f"Segment the vessels of {inputVolume.GetName()!r}."
@@ -304,72 +288,48 @@ class VesselSegLogic:
     def prepareInputs(
         self,
         inputVolume,
+        request: SegmentationRequest | None = None,
         *,
         maskVolume=None,
         companionVolumes: Mapping[str, Any] | None = None,
-        outputSegmentation=None,
-        modality: str = "TOF-MRA",
-        method: str | None = None,
-        vesselClasses: Sequence[str] = ("artery", "vein", "micro"),
-        device: str = "auto",
-        patchSizeZYX: Sequence[int] | None = None,
-        overlap: float | None = None,
-        thresholds: Mapping[str, float] | None = None,
-        minimumComponentMm3: float | None = None,
-        keepProbabilities: bool = False,
-        microscopyPreprocessing: Mapping[str, Any] | None = None,
         referenceVolume=None,
+        outputSegmentation=None,
     ) -> VesselSegInputs:
         """Check the inputs and copy the voxels (main thread). See ``process`` for the parameters."""
-        self.checkInputs(
+        from VesselSegLib.inference.inputs import SegmentationInputs
+
+        plan = self.checkInputs(
             inputVolume,
+            request,
             maskVolume=maskVolume,
             companionVolumes=companionVolumes,
-            outputSegmentation=outputSegmentation,
-            modality=modality,
-            method=method,
-            vesselClasses=vesselClasses,
             referenceVolume=referenceVolume,
+            outputSegmentation=outputSegmentation,
         )
-        image = np.array(slicer.util.arrayFromVolume(inputVolume), copy=True)  # (Z, Y, X)
-        spacingZYX = tuple(float(s) for s in reversed(inputVolume.GetSpacing()))
-        mask = None
+        names = {"image": f"input volume {inputVolume.GetName()!r}"}
         if maskVolume is not None:
-            mask = np.array(slicer.util.arrayFromVolume(maskVolume)) > 0
-            if not mask.any():
-                raise ValueError(
-                    f"The brain mask {maskVolume.GetName()!r} is empty; give a mask that covers the brain, "
-                    "or none."
-                )
-        arguments: dict[str, Any] = {
-            "modality": modality,
-            "method": method,
-            "vessel_classes": tuple(vesselClasses),
-            "device": device,
-            "patch_size_zyx": None if patchSizeZYX is None else tuple(int(p) for p in patchSizeZYX),
-            "overlap": overlap,
-            "thresholds": None if thresholds is None else dict(thresholds),
-            "min_component_mm3": minimumComponentMm3,
-            "keep_probabilities": keepProbabilities,
-            "microscopy_preprocessing": dict(microscopyPreprocessing) if microscopyPreprocessing else None,
-        }
-        if companionVolumes:
-            arguments["companion_images"] = {
-                modality: np.array(slicer.util.arrayFromVolume(node), copy=True)
-                for modality, node in companionVolumes.items()
-            }
-        if self.registry is not None:
-            arguments["registry"] = self.registry
+            names["mask"] = f"brain mask {maskVolume.GetName()!r}"
+        for modality, node in (companionVolumes or {}).items():
+            names[f"{modality} companion"] = f"{modality} companion {node.GetName()!r}"
+        if referenceVolume is not None:
+            names["reference"] = f"reference labels {referenceVolume.GetName()!r}"
+        volumes = SegmentationInputs(
+            image=volume_from_node(inputVolume),
+            mask=None if maskVolume is None else volume_from_node(maskVolume),
+            companions={
+                modality: volume_from_node(node) for modality, node in (companionVolumes or {}).items()
+            },
+            reference=None if referenceVolume is None else volume_from_node(referenceVolume),
+            # Slicer shows the node's spacing as the truth: a volume whose units look wrong is the user's to fix.
+            spacing_given=True,
+            names=names,
+        )
+        volumes.check(plan.request.companion_modalities)  # refuse bad voxels now, not after the run
         return VesselSegInputs(
             inputVolume=inputVolume,
-            image=image,
-            spacingZYX=spacingZYX,
+            plan=plan,
+            volumes=volumes,
             ijkToRAS=get_ijk_to_ras(inputVolume),
-            mask=mask,
-            segmentArguments=arguments,
-            reference=None
-            if referenceVolume is None
-            else np.array(slicer.util.arrayFromVolume(referenceVolume), copy=True),
             referenceName="" if referenceVolume is None else referenceVolume.GetName(),
         )
 
@@ -389,16 +349,9 @@ class VesselSegLogic:
         ValueError
             The library rejected the image or a parameter.
         """
-        from VesselSegLib.inference.pipeline import segment_image  # imports torch; see _registry
+        from VesselSegLib.inference.pipeline import run_segmentation  # imports torch; see _registry
 
-        return segment_image(
-            inputs.image,
-            inputs.spacingZYX,
-            brain_mask=inputs.mask,
-            progress=progressCallback,
-            cancel=cancelCheck,
-            **inputs.segmentArguments,
-        )
+        return run_segmentation(inputs.volumes, inputs.plan, progress=progressCallback, cancel=cancelCheck)
 
     def addResultsToScene(
         self,
@@ -406,117 +359,96 @@ class VesselSegLogic:
         result: SegmentationResult,
         *,
         outputSegmentation=None,
-        createProbabilityVolumes: bool = False,
-        createModels: bool = True,
+        createProbabilityVolumes: bool | None = None,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
     ) -> VesselSegOutputs:
-        """Create the output nodes from ``result`` (main thread); on any error the scene is left as it was.
+        """Create every output node from ``result`` (main thread) in one scene transaction.
+
+        The segmentation, then (as the request asks) probability volumes, 3D models, the vessel graph and
+        the metrics table against the reference. On any error, cancel or KeyboardInterrupt everything added
+        is removed and an existing ``outputSegmentation`` gets its previous content back.
 
         Parameters
         ----------
         inputs : VesselSegInputs
-            From ``prepareInputs``; gives the grid (IJKToRAS) and names.
+            From ``prepareInputs``; gives the grid (IJKToRAS), the request and names.
         result : SegmentationResult
-            From ``computeSegmentation``; its class map must have the input's shape.
+            From ``computeSegmentation``; its class map must have the input's shape (times the method's
+            output scale).
         outputSegmentation : vtkMRMLSegmentationNode, optional
             Segments of the produced classes in it are replaced (others are kept); default: a new node.
-        createProbabilityVolumes, createModels : bool
+        createProbabilityVolumes : bool, optional
+            Add the probability maps as volumes; default: the request's ``keep_probabilities``.
         progressCallback : callable(fraction, message), optional
         cancelCheck : callable() -> bool, optional
             Polled between steps; True undoes what was added and raises SegmentationCancelled.
         """
-        classMap = np.asarray(result.class_map)
-        if classMap.shape != inputs.image.shape:
+        expected = tuple(n * s for n, s in zip(inputs.image.shape, result.output_scale_zyx, strict=True))
+        if np.asarray(result.class_map).shape != expected:
             raise ValueError(
-                f"The result's class map has shape {classMap.shape} but the input volume has "
-                f"{inputs.image.shape}."
+                f"The result's class map has shape {np.asarray(result.class_map).shape} but the output grid of "
+                f"the input volume has {expected}."
             )
-        inputVolume = inputs.inputVolume
-        scene = inputVolume.GetScene()
+        scene = inputs.inputVolume.GetScene()
         if scene is None:
-            raise ValueError(f"The input volume {inputVolume.GetName()!r} is no longer in a scene.")
+            raise ValueError(f"The input volume {inputs.inputVolume.GetName()!r} is no longer in a scene.")
         if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
             raise ValueError(f"The output {outputSegmentation.GetName()!r} is not a segmentation node.")
-
-        nodeIdsBefore = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-        restoreOutput = (
-            self._snapshotSegmentation(outputSegmentation) if outputSegmentation is not None else None
+        if createProbabilityVolumes is None:
+            createProbabilityVolumes = inputs.request.keep_probabilities
+        with SceneTransaction(scene, existing_segmentation=outputSegmentation) as transaction:
+            outputs = self._addSegmentation(inputs, result, scene, outputSegmentation, progressCallback)
+            _checkCancel(cancelCheck)
+            if createProbabilityVolumes:
+                _report(progressCallback, 0.2, "Creating probability volumes")
+                outputs.probabilityVolumeNodes = self._addProbabilityVolumes(inputs, result, scene, outputs)
+                _checkCancel(cancelCheck)
+            if inputs.request.create_models:
+                _report(progressCallback, 0.4, "Creating 3D models")
+                self._addModels(outputs, scene, transaction, cancelCheck)
+                _checkCancel(cancelCheck)
+            if inputs.request.create_graph:
+                _report(progressCallback, 0.8, "Extracting the vessel graph")
+                outputs.graph, outputs.graphModelNode, outputs.graphTableNode = self.createVesselGraph(
+                    inputs, result
+                )
+                _checkCancel(cancelCheck)
+            if inputs.reference is not None:
+                _report(progressCallback, 0.95, "Scoring against the reference")
+                outputs.metrics, outputs.referenceScoredAsBinary, outputs.metricsTableNode = (
+                    self.evaluateAgainstReference(inputs, result)
+                )
+                _checkCancel(cancelCheck)
+        _report(progressCallback, 1.0, "Done")
+        logger.info(
+            "VesselSeg (%s, %s) on %r in %.1f s: %s",
+            result.method_display_name,
+            result.device,
+            inputs.inputVolume.GetName(),
+            result.seconds,
+            ", ".join(f"{name} {volume:.1f} mm3" for name, volume in result.volumes_mm3().items()),
         )
-        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-        created = {"folder": 0}
-        try:
-            return self._addResults(
-                inputs,
-                result,
-                scene,
-                hierarchy,
-                outputSegmentation,
-                createProbabilityVolumes,
-                createModels,
-                progressCallback,
-                cancelCheck,
-                created,
-            )
-        except BaseException:
-            # Undo: the new folder, the new nodes (newest first), then the existing output's content.
-            if created["folder"] and hierarchy is not None:
-                hierarchy.RemoveItem(created["folder"], False, True)
-            newIds = [
-                scene.GetNthNode(i).GetID()
-                for i in range(scene.GetNumberOfNodes())
-                if scene.GetNthNode(i).GetID() not in nodeIdsBefore
-            ]
-            for nodeId in reversed(newIds):
-                node = scene.GetNodeByID(nodeId)
-                if node is not None:
-                    scene.RemoveNode(node)
-            if restoreOutput is not None:
-                restoreOutput()
-            raise
+        return outputs
 
     @staticmethod
-    def _snapshotSegmentation(segmentationNode) -> Callable[[], None]:
-        """A function putting back the segments, reference geometry and transform the node has now."""
-        saved = slicer.vtkSegmentation()
-        saved.DeepCopy(segmentationNode.GetSegmentation())
-        role = segmentationNode.GetReferenceImageGeometryReferenceRole()
-        referenceId = segmentationNode.GetNodeReferenceID(role)
-        transformId = segmentationNode.GetTransformNodeID()
+    def outputIJKToRAS(inputs: VesselSegInputs, result: SegmentationResult) -> np.ndarray:
+        """The outputs' grid: the input's, or a finer one over the same box for super-resolution."""
+        return refined_index_to_world(inputs.ijkToRAS, result.output_scale_zyx)
 
-        def restore() -> None:
-            segmentationNode.GetSegmentation().DeepCopy(saved)
-            segmentationNode.SetNodeReferenceID(role, referenceId)
-            segmentationNode.SetAndObserveTransformNodeID(transformId)
-            segmentationNode.Modified()
-
-        return restore
-
-    def _addResults(
-        self,
-        inputs,
-        result,
-        scene,
-        hierarchy,
-        outputSegmentation,
-        createProbabilityVolumes,
-        createModels,
-        progressCallback,
-        cancelCheck,
-        created,
+    def _addSegmentation(
+        self, inputs, result, scene, outputSegmentation, progressCallback
     ) -> VesselSegOutputs:
-        inputVolume = inputs.inputVolume
-        baseName = inputVolume.GetName()
-        transformId = inputVolume.GetTransformNodeID()
+        baseName = inputs.inputVolume.GetName()
+        transformId = inputs.inputVolume.GetTransformNodeID()
         classes = [VESSEL_CLASS_BY_NAME[name] for name in result.vessel_classes]
-
+        ijkToRAS = self.outputIJKToRAS(inputs, result)
         _report(progressCallback, 0.0, "Creating the segmentation")
         segmentationNode = outputSegmentation
         if segmentationNode is None:
             segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{baseName} vessels")
             segmentationNode.SetAndObserveTransformNodeID(transformId)
         segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
         segmentation = segmentationNode.GetSegmentation()
         segmentIds = vtk.vtkStringArray()
         for vesselClass in classes:
@@ -526,90 +458,81 @@ class VesselSegLogic:
             segmentation.AddEmptySegment(segmentId, vesselClass.display_name, list(vesselClass.color_rgb))
             segmentIds.InsertNextValue(segmentId)
 
-        # The class map goes in through a labelmap node on the input's grid, so the segments keep the input's
+        # The class map goes in through a labelmap node on the output grid, so the segments keep the input's
         # geometry exactly (direction, anisotropic spacing, parent transform). Label values are renumbered
         # 1..N in the order of segmentIds, which is how ImportLabelmapToSegmentationNode maps them.
-        importMap = np.zeros(inputs.image.shape, dtype=np.uint8)
+        importMap = np.zeros(result.class_map.shape, dtype=np.uint8)
         for index, vesselClass in enumerate(classes, start=1):
             importMap[result.class_map == vesselClass.label_value] = index
         labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{baseName} VesselSeg labels")
         try:
             slicer.util.updateVolumeFromArray(labelmapNode, importMap)
-            set_ijk_to_ras(labelmapNode, inputs.ijkToRAS)
+            set_ijk_to_ras(labelmapNode, ijkToRAS)
             labelmapNode.SetAndObserveTransformNodeID(transformId)
+            if result.output_scale_zyx == (1, 1, 1):
+                segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputs.inputVolume)
+            else:  # the finer grid is the segmentation's own geometry
+                segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(labelmapNode)
             if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
                 labelmapNode, segmentationNode, segmentIds
             ):
                 raise RuntimeError("Importing the class map into the segmentation failed (see the log).")
         finally:
             scene.RemoveNode(labelmapNode)
-        _checkCancel(cancelCheck)
-
-        probabilityNodes: dict[str, Any] = {}
-        if createProbabilityVolumes:
-            _report(progressCallback, 0.2, "Creating probability volumes")
-            for vesselClass in classes:
-                probability = result.probabilities.get(vesselClass.name)
-                if probability is None:
-                    logger.warning(
-                        "No probability map for %s; run with keep_probabilities.", vesselClass.name
-                    )
-                    continue
-                node = scene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", f"{baseName} {vesselClass.display_name} probability"
-                )
-                slicer.util.updateVolumeFromArray(node, np.asarray(probability, dtype=np.float32))
-                set_ijk_to_ras(node, inputs.ijkToRAS)
-                node.SetAndObserveTransformNodeID(transformId)
-                node.CreateDefaultDisplayNodes()
-                probabilityNodes[vesselClass.name] = node
-            _checkCancel(cancelCheck)
-
-        modelNodes: dict[str, Any] = {}
-        if createModels:
-            _report(progressCallback, 0.4, "Creating 3D models")
-            segmentationNode.CreateClosedSurfaceRepresentation()
-            _checkCancel(cancelCheck)
-            if hierarchy is None:
-                raise RuntimeError("The scene has no subject hierarchy; cannot create the models folder.")
-            folderItemId = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), MODELS_FOLDER_NAME)
-            created["folder"] = folderItemId
-            for vesselClass in classes:
-                segmentId = vesselClass.display_name
-                surface = vtk.vtkPolyData()
-                segmentationNode.GetClosedSurfaceRepresentation(segmentId, surface)
-                if surface.GetNumberOfPoints() == 0:
-                    logger.info("Segment %s is empty; no model made for it.", segmentId)
-                    continue
-                ids = vtk.vtkStringArray()
-                ids.InsertNextValue(segmentId)
-                if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToModels(
-                    segmentationNode, ids, folderItemId
-                ):
-                    raise RuntimeError(f"Exporting segment {segmentId} to a model failed (see the log).")
-                modelNodes[vesselClass.name] = self._childModelNamed(hierarchy, folderItemId, segmentId)
-            _report(progressCallback, 0.9, "Models created")
-            _checkCancel(cancelCheck)
-        else:
-            folderItemId = 0
-
-        _report(progressCallback, 1.0, "Done")
-        volumes = result.volumes_mm3(inputs.spacingZYX)
-        logger.info(
-            "VesselSeg (%s, %s) on %r in %.1f s: %s",
-            result.method_display_name,
-            result.device,
-            baseName,
-            result.seconds,
-            ", ".join(f"{name} {volume:.1f} mm3" for name, volume in volumes.items()),
-        )
         return VesselSegOutputs(
             segmentationNode=segmentationNode,
-            probabilityVolumeNodes=probabilityNodes,
-            modelNodes=modelNodes,
-            folderItemId=folderItemId,
+            probabilityVolumeNodes={},
+            modelNodes={},
+            folderItemId=0,
             result=result,
+            outputIJKToRAS=ijkToRAS,
         )
+
+    @staticmethod
+    def _addProbabilityVolumes(inputs, result, scene, outputs) -> dict[str, Any]:
+        nodes: dict[str, Any] = {}
+        for name in result.vessel_classes:
+            probability = result.probabilities.get(name)
+            if probability is None:
+                logger.warning("No probability map for %s; ask for keep_probabilities in the request.", name)
+                continue
+            node = scene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode",
+                f"{inputs.inputVolume.GetName()} {VESSEL_CLASS_BY_NAME[name].display_name} probability",
+            )
+            slicer.util.updateVolumeFromArray(node, np.asarray(probability, dtype=np.float32))
+            set_ijk_to_ras(node, outputs.outputIJKToRAS)
+            node.SetAndObserveTransformNodeID(inputs.inputVolume.GetTransformNodeID())
+            node.CreateDefaultDisplayNodes()
+            nodes[name] = node
+        return nodes
+
+    def _addModels(
+        self, outputs: VesselSegOutputs, scene, transaction: SceneTransaction, cancelCheck
+    ) -> None:
+        segmentationNode = outputs.segmentationNode
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        _checkCancel(cancelCheck)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if hierarchy is None:
+            raise RuntimeError("The scene has no subject hierarchy; cannot create the models folder.")
+        folderItemId = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), MODELS_FOLDER_NAME)
+        transaction.created_folder(folderItemId)
+        outputs.folderItemId = folderItemId
+        for name in outputs.result.vessel_classes:
+            segmentId = VESSEL_CLASS_BY_NAME[name].display_name
+            surface = vtk.vtkPolyData()
+            segmentationNode.GetClosedSurfaceRepresentation(segmentId, surface)
+            if surface.GetNumberOfPoints() == 0:
+                logger.info("Segment %s is empty; no model made for it.", segmentId)
+                continue
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segmentId)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToModels(
+                segmentationNode, ids, folderItemId
+            ):
+                raise RuntimeError(f"Exporting segment {segmentId} to a model failed (see the log).")
+            outputs.modelNodes[name] = self._childModelNamed(hierarchy, folderItemId, segmentId)
 
     @staticmethod
     def _childModelNamed(hierarchy, folderItemId: int, name: str):
@@ -626,24 +549,13 @@ class VesselSegLogic:
     def process(
         self,
         inputVolume,
+        request: SegmentationRequest | None = None,
         *,
         outputSegmentation=None,
         maskVolume=None,
         companionVolumes: Mapping[str, Any] | None = None,
-        modality: str = "TOF-MRA",
-        method: str | None = None,
-        vesselClasses: Sequence[str] = ("artery", "vein", "micro"),
-        device: str = "auto",
-        patchSizeZYX: Sequence[int] | None = None,
-        overlap: float | None = None,
-        thresholds: Mapping[str, float] | None = None,
-        minimumComponentMm3: float | None = None,
-        createProbabilityVolumes: bool = False,
-        createModels: bool = True,
-        createGraph: bool = False,
-        keepProbabilities: bool | None = None,
-        microscopyPreprocessing: Mapping[str, Any] | None = None,
         referenceVolume=None,
+        createProbabilityVolumes: bool | None = None,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
     ) -> VesselSegOutputs:
@@ -653,6 +565,9 @@ class VesselSegLogic:
         ----------
         inputVolume : vtkMRMLScalarVolumeNode
             Image to segment; never modified.
+        request : SegmentationRequest, optional
+            Modality, method, classes, thresholds, window, device, 2PM preprocessing, resampling, and which
+            outputs to make (probabilities, models, graph); default ``SegmentationRequest()`` (TOF-MRA).
         outputSegmentation : vtkMRMLSegmentationNode, optional
             Where the segments go (segments of the produced classes are replaced); default: a new node.
         maskVolume : vtkMRMLScalarVolumeNode or vtkMRMLLabelMapVolumeNode, optional
@@ -660,34 +575,11 @@ class VesselSegLogic:
         companionVolumes : mapping modality -> vtkMRMLScalarVolumeNode, optional
             Co-registered images of other contrasts on the input's grid, for methods that read several
             (VC-Net: artery from TOF-MRA, vein and micro from SWI). Never modified.
-        modality : {"TOF-MRA", "SWI", "2PM"}
-        method : str, optional
-            Registry name (``availableMethods``); default: the modality's default method.
-        vesselClasses : sequence of {"artery", "vein", "micro"}
-            Classes to keep among those the method produces.
-        device : {"auto", "cpu", "cuda", "mps"}
-        patchSizeZYX : 3 ints, optional
-            Sliding-window patch (voxels); default: the method's.
-        overlap : float, optional
-            Sliding-window overlap in [0, 1); default: the method's.
-        thresholds : mapping class name -> float, optional
-            Probability thresholds; default: the method's, else 0.5.
-        minimumComponentMm3 : float, optional
-            Connected components smaller than this (mm^3) are removed; default: the preset's.
-        createProbabilityVolumes, createModels : bool
-        createGraph : bool
-            Also extract the vessel graph (centrelines, lengths, radii, tortuosity) and add it as a model
-            coloured by radius and a table node (``createVesselGraph``).
-        microscopyPreprocessing : mapping, optional
-            2PM stacks from another microscope: ``{"intensity_scale": None | factor, "subtract_slice_median":
-            bool, "median_size": 3}`` (see ``segment_image``).
-        keepProbabilities : bool, optional
-            Keep the probability maps in ``outputs.result.probabilities`` (e.g. to write them to files);
-            default: ``createProbabilityVolumes``.
         referenceVolume : vtkMRMLScalarVolumeNode or vtkMRMLLabelMapVolumeNode, optional
             Reference labels on the input's grid: a class map (1 artery, 2 vein, 3 micro) or a binary vessel
-            mask. The result is scored against it (``outputs.metrics``) and a table node added
-            (``evaluateAgainstReference``). Never modified.
+            mask. The result is scored against it (``outputs.metrics``) and a table node added. Never modified.
+        createProbabilityVolumes : bool, optional
+            Default: the request's ``keep_probabilities``.
         progressCallback : callable(fraction in [0, 1], message), optional
         cancelCheck : callable() -> bool, optional
             True cancels: SegmentationCancelled is raised and the scene is left unchanged.
@@ -704,20 +596,11 @@ class VesselSegLogic:
         """
         inputs = self.prepareInputs(
             inputVolume,
+            request,
             maskVolume=maskVolume,
             companionVolumes=companionVolumes,
-            outputSegmentation=outputSegmentation,
-            modality=modality,
-            method=method,
-            vesselClasses=vesselClasses,
-            device=device,
-            patchSizeZYX=patchSizeZYX,
-            overlap=overlap,
-            thresholds=thresholds,
-            minimumComponentMm3=minimumComponentMm3,
-            keepProbabilities=createProbabilityVolumes if keepProbabilities is None else keepProbabilities,
-            microscopyPreprocessing=microscopyPreprocessing,
             referenceVolume=referenceVolume,
+            outputSegmentation=outputSegmentation,
         )
         result = self.computeSegmentation(
             inputs,
@@ -725,44 +608,32 @@ class VesselSegLogic:
             cancelCheck=cancelCheck,
         )
         _checkCancel(cancelCheck)
-        outputs = self.addResultsToScene(
+        return self.addResultsToScene(
             inputs,
             result,
             outputSegmentation=outputSegmentation,
             createProbabilityVolumes=createProbabilityVolumes,
-            createModels=createModels,
             progressCallback=_scaled(progressCallback, COMPUTE_PROGRESS_FRACTION, 1.0),
             cancelCheck=cancelCheck,
         )
-        if createGraph:
-            outputs.graph, outputs.graphModelNode, outputs.graphTableNode = self.createVesselGraph(
-                inputs, result
-            )
-        if inputs.reference is not None:
-            outputs.metrics, outputs.referenceScoredAsBinary, outputs.metricsTableNode = (
-                self.evaluateAgainstReference(inputs, result)
-            )
-        return outputs
 
     @staticmethod
     def evaluateAgainstReference(inputs: VesselSegInputs, result: SegmentationResult):
         """Score the result against the reference copied by ``prepareInputs`` and add a metrics table.
 
         A class-map reference is scored per class and for all vessels; a binary mask only for all vessels
-        (``VesselSegLib.metrics.evaluate_against_reference``).
+        (``SegmentationResult.evaluate_against``). Call it inside ``addResultsToScene``'s transaction (it is,
+        when a reference is given) or remove the table yourself.
 
         Returns
         -------
         (metrics dict, scored as binary: bool, vtkMRMLTableNode)
         """
-        from VesselSegLib.metrics import evaluate_against_reference
         from VesselSegLib.mrml.metrics_nodes import add_metrics_table
 
         if inputs.reference is None:
             raise ValueError("No reference labels were given; choose a reference volume to compute metrics.")
-        metrics, binary = evaluate_against_reference(
-            result.class_map, inputs.reference, inputs.spacingZYX, class_names=result.vessel_classes
-        )
+        metrics, binary = result.evaluate_against(inputs.reference)
         table = add_metrics_table(
             inputs.inputVolume.GetScene(),
             metrics,
@@ -770,8 +641,7 @@ class VesselSegLogic:
         )
         return metrics, binary, table
 
-    @staticmethod
-    def createVesselGraph(inputs: VesselSegInputs, result: SegmentationResult, vesselClasses=None):
+    def createVesselGraph(self, inputs: VesselSegInputs, result: SegmentationResult, vesselClasses=None):
         """Centreline graph of the segmented vessels (all produced classes, or ``vesselClasses``), added to
         the input's scene as a model coloured by radius and a table of segments.
 
@@ -784,8 +654,11 @@ class VesselSegLogic:
 
         classes = tuple(vesselClasses or result.vessel_classes)
         labels = [VESSEL_CLASS_BY_NAME[name].label_value for name in classes]
-        graph = extract_vessel_graph(np.isin(result.class_map, labels), inputs.spacingZYX)
+        graph = extract_vessel_graph(np.isin(result.class_map, labels), result.spacing_zyx)
         model, table = add_vessel_graph_to_scene(
-            inputs.inputVolume.GetScene(), graph, inputs.ijkToRAS, f"{inputs.inputVolume.GetName()} vessel"
+            inputs.inputVolume.GetScene(),
+            graph,
+            self.outputIJKToRAS(inputs, result),
+            f"{inputs.inputVolume.GetName()} vessel",
         )
         return graph, model, table

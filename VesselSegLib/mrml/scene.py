@@ -49,6 +49,23 @@ def ijk_to_ras_from_volume(volume: Volume) -> np.ndarray:
     return matrix
 
 
+def volume_from_node(volume_node) -> Volume:
+    """A copy of a volume node's voxels with its grid as a ``Volume`` (RAS converted to ITK's LPS).
+
+    The inverse of ``ijk_to_ras_from_volume``; the node is not changed. Its parent transform is not applied
+    (outputs are put under the same transform).
+    """
+    matrix = get_ijk_to_ras(volume_node)
+    lps = LPS_TO_RAS @ matrix[:3, :3]  # LPS_TO_RAS is its own inverse
+    spacing = np.linalg.norm(lps, axis=0)
+    return Volume(
+        array=np.array(slicer.util.arrayFromVolume(volume_node), copy=True),
+        spacing_xyz=tuple(float(s) for s in spacing),
+        origin_xyz=tuple(float(o) for o in LPS_TO_RAS @ matrix[:3, 3]),
+        direction=lps / spacing,
+    )
+
+
 def get_ijk_to_ras(volume_node) -> np.ndarray:
     """The 4x4 IJK-to-RAS matrix of a volume node as a numpy array."""
     vtk_matrix = vtk.vtkMatrix4x4()

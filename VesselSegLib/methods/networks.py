@@ -1,0 +1,116 @@
+"""Learned networks: one network, or an ensemble of networks that each give some of the classes.
+
+A plain ``"network"`` entry is an ensemble of one: the network reads the input and gives all its classes in
+one pass. An ``"ensemble"`` entry (VC-Net) names a member network per class; each member reads the image of
+its own modality, the input itself or a co-registered companion, and members are run once each even when
+they give several classes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from VesselSegLib.methods.base import MethodBase, MethodImages, MethodPrediction
+
+logger = logging.getLogger(__name__)
+
+
+class NetworkEnsemble(MethodBase):
+    """Registry kinds ``"network"`` and ``"ensemble"``, run window by window (MONAI sliding window)."""
+
+    def __init__(self, entry, registry=None) -> None:
+        super().__init__(entry, registry)
+        if entry.kind == "ensemble":
+            if registry is None:
+                raise ValueError(f"Ensemble {entry.name!r} needs its registry to find its member networks.")
+            by_class = registry.members(entry)
+        else:
+            by_class = dict.fromkeys(entry.vessel_classes, entry)
+        #: member entry -> the classes it gives, in the ensemble's class order (each member runs once).
+        self.members: dict[str, tuple] = {}
+        for class_name, member in by_class.items():
+            member_entry, classes = self.members.get(member.name, (member, ()))
+            self.members[member.name] = (member_entry, (*classes, class_name))
+        self.supports_streaming = entry.kind == "network"
+
+    def training_spacing_zyx(self):
+        spacings = {member.spacing_mm_zyx for member, _ in self.members.values()}
+        return spacings.pop() if len(spacings) == 1 else None
+
+    @property
+    def model_sha256(self) -> str | None:
+        if self.entry.kind == "network":
+            return self.entry.sha256
+        return ";".join(f"{member.name}={member.sha256}" for member, _ in self.members.values())
+
+    def _image_for(self, member, images: MethodImages):
+        """The image a member reads: the input for a plain network, else that of the member's modality."""
+        if self.entry.kind == "network" or member.input_modality == images.preset.name:
+            return images.image
+        return images.companions.get(member.input_modality)
+
+    def predict(self, images, plan, *, device, progress=None, cancel=None) -> MethodPrediction:
+        from VesselSegLib.inference.sliding_window import predict_probabilities
+
+        wanted = plan.vessel_classes
+        groups = [
+            (member, tuple(c for c in classes if c in wanted))
+            for member, classes in self.members.values()
+            if any(c in wanted for c in classes)
+        ]
+        runnable = [(m, c) for m, c in groups if self._image_for(m, images) is not None]
+        skipped = [c for m, classes in groups if (m, classes) not in runnable for c in classes]
+        if not runnable:
+            needed = sorted({m.input_modality for m, _ in groups})
+            raise ValueError(
+                f"{self.entry.display_name} reads {' and '.join(needed)} images for the classes asked for "
+                f"({', '.join(wanted)}); give the input as {needed[0]}, or add a co-registered companion "
+                f"image of that modality (--companion {needed[0]}=PATH on the command line)."
+            )
+        if skipped:
+            logger.warning(
+                "%s: no %s image, so %s is not segmented; add a co-registered companion image to get it.",
+                self.entry.display_name,
+                " / ".join(sorted({m.input_modality for m, c in groups if (m, c) not in runnable})),
+                ", ".join(skipped),
+            )
+        probabilities, thresholds = {}, {}
+        for index, (member, classes) in enumerate(runnable):
+            network = member.load_network()
+            patch = plan.patch_size_for(member)
+            divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
+            if any(p % d for p, d in zip(patch, divisor, strict=True)):
+                raise ValueError(
+                    f"Patch size {patch} (Z, Y, X) must be a multiple of {tuple(divisor)} along each axis for "
+                    f"{member.name}; choose e.g. {tuple(max(d, p - p % d) for p, d in zip(patch, divisor, strict=False))}."
+                )
+            start, stop = index / len(runnable), (index + 1) / len(runnable)
+            label = f"{member.display_name}: " if len(runnable) > 1 else ""
+            output = predict_probabilities(
+                network,
+                self._image_for(member, images),
+                patch_size_zyx=patch,
+                overlap=plan.overlap_for(member),
+                batch_size=plan.request.batch_size,
+                device=device,
+                mixed_precision=plan.request.precision == "auto",
+                progress=None
+                if progress is None
+                else lambda f, m, a=start, b=stop, n=label: progress(a + (b - a) * f, n + m),
+                cancel=cancel,
+            )
+            member_thresholds = plan.thresholds_for(member)
+            for class_name in classes:
+                probabilities[class_name] = output[member.vessel_classes.index(class_name)]
+                thresholds[class_name] = member_thresholds.get(class_name, 0.5)
+        produced = tuple(c for c in wanted if c in probabilities)
+        return MethodPrediction(
+            probabilities={c: probabilities[c] for c in produced},
+            vessel_classes=produced,
+            thresholds=thresholds,
+            device=str(device),
+            model_sha256=self.model_sha256,
+        )
+
+
+__all__ = ["NetworkEnsemble"]
