@@ -178,7 +178,8 @@ def test_graph_outputs(tmp_path, phantom_files, tiny_resources):
         (["--method", "vcnet"], "known methods are: tiny"),
         (["--companion", "SWI"], "--companion takes MODALITY=PATH"),
         (["--modality", "CTA"], "choose one of"),
-        (["--threshold", "aorta=0.3"], "--threshold takes CLASS=VALUE"),
+        (["--threshold", "aorta=0.3"], "unknown class 'aorta'"),
+        (["--threshold", "artery"], "--threshold takes CLASS=VALUE"),
         (["--mask", "MISSING"], "does not exist"),
     ],
 )
@@ -205,8 +206,13 @@ def test_output_folder_rules(tmp_path, phantom_files, tiny_resources, capsys):
     (existing / "keep.txt").write_text("mine")
     assert main(["segment", str(phantom_files[0]), "--out", str(existing), "--quiet"]) == 1
     assert "already exists" in capsys.readouterr().err and (existing / "keep.txt").exists()
-    assert main(["segment", str(phantom_files[0]), "--out", str(existing), "--force", "--quiet"]) == 0
-    assert not (existing / "keep.txt").exists() and (existing / "summary.json").exists()
+    # --force replaces only a previous VesselSeg output, never a folder holding the user's own files.
+    assert main(["segment", str(phantom_files[0]), "--out", str(existing), "--force", "--quiet"]) == 1
+    assert (existing / "keep.txt").read_text() == "mine" and not (existing / "summary.json").exists()
+    previous = tmp_path / "previous"
+    assert main(["segment", str(phantom_files[0]), "--out", str(previous), "--quiet"]) == 0
+    assert main(["segment", str(phantom_files[0]), "--out", str(previous), "--force", "--quiet"]) == 0
+    assert (previous / "summary.json").exists()
 
 
 def test_bad_input_volume_is_reported(tmp_path, tiny_resources, capsys):

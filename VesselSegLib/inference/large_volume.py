@@ -31,9 +31,10 @@ from VesselSegLib.inference.streaming import (
     plan_stream_tiles,
     stream_segment_probabilities,
 )
-from VesselSegLib.models.registry import ModelRegistry
+from VesselSegLib.io.grid import Grid
 from VesselSegLib.postprocessing import build_class_map
 from VesselSegLib.preprocessing import get_preset
+from VesselSegLib.request import SegmentationPlan
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME, VESSEL_CLASSES
 
 #: Z slices thresholded at a time when writing the class map (C x 16 x Y x X float16 in memory).
@@ -42,29 +43,60 @@ CLASS_MAP_SLAB_SLICES = 16
 DEFAULT_STREAM_PATCH_ZYX = (64, 128, 128)
 
 
-def write_raw_nrrd_header(path: Path, shape_zyx: Sequence[int], dtype: np.dtype, spacing_zyx) -> int:
+def write_raw_nrrd_header(
+    path: Path,
+    shape_zyx: Sequence[int],
+    dtype: np.dtype,
+    spacing_zyx,
+    *,
+    origin_xyz: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: np.ndarray | Sequence[float] | None = None,
+) -> int:
     """Write a raw (uncompressed) NRRD header for a (Z, Y, X) volume; returns its length in bytes.
 
     The voxels follow the header directly, in C order (X fastest), so the caller can memory-map them at the
-    returned offset. Axes are LPS-aligned with the given spacing in mm and origin 0, as Slicer expects.
+    returned offset.
+
+    Parameters
+    ----------
+    path : Path
+        Created or overwritten; holds only the header when this returns.
+    shape_zyx : 3 int
+    dtype : numpy.dtype
+        uint8, uint16 or float32 (written little-endian).
+    spacing_zyx : 3 float
+        Voxel size in mm, array-axis order.
+    origin_xyz : 3 float
+        World position (mm, LPS) of voxel (0, 0, 0), e.g. the input's ``origin_xyz``.
+    direction : (3, 3) array or 9 floats, optional
+        Columns are the I, J, K axis directions in LPS (ITK convention, e.g. the input's ``direction``);
+        identity if omitted. ``space directions`` are these columns times the spacing.
     """
+    import nrrd  # pynrrd's formatters: the same number format (17 significant digits) as its writer
+
     type_names = {"uint8": "uint8", "uint16": "uint16", "float32": "float", "float16": None}
     name = type_names.get(np.dtype(dtype).name)
     if name is None:
         raise ValueError(f"Raw NRRD output supports uint8, uint16 and float32, not {np.dtype(dtype)}.")
-    sx, sy, sz = (float(s) for s in reversed(spacing_zyx))
+    axes = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
+    spacing_xyz = np.array([float(s) for s in reversed(spacing_zyx)])
+    origin = np.asarray(origin_xyz, dtype=float).reshape(3)
+    if not (np.isfinite(axes).all() and np.isfinite(origin).all() and np.all(spacing_xyz > 0)):
+        raise ValueError(f"Cannot write {Path(path).name}: its origin, direction or spacing is not finite.")
+    # pynrrd's own writer (nrrd.write) needs the whole array in memory (it calls tobytes): the class map of
+    # a stack larger than memory is written slab by slab through a memory map instead, after this header.
     header = (
         "NRRD0004\n"
         "# Written by VesselSeg (vesselseg stream)\n"
         f"type: {name}\n"
         "dimension: 3\n"
         "space: left-posterior-superior\n"
-        f"sizes: {shape_zyx[2]} {shape_zyx[1]} {shape_zyx[0]}\n"
-        f"space directions: ({sx!r},0,0) (0,{sy!r},0) (0,0,{sz!r})\n"
+        f"sizes: {nrrd.format_number_list(np.array([shape_zyx[2], shape_zyx[1], shape_zyx[0]]))}\n"
+        f"space directions: {nrrd.format_matrix((axes * spacing_xyz).T)}\n"  # one row per axis I, J, K
         "kinds: domain domain domain\n"
         "endian: little\n"
         "encoding: raw\n"
-        "space origin: (0,0,0)\n"
+        f"space origin: {nrrd.format_vector(origin)}\n"
         "\n"
     ).encode("ascii")
     with open(path, "wb") as handle:
@@ -80,11 +112,18 @@ def _write_class_map(
     spacing_zyx: Sequence[float],
     thresholds: Mapping[str, float] | None,
     cancel: CancelCheck | None,
+    origin_xyz: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: np.ndarray | None = None,
 ) -> dict[str, int]:
-    """Threshold the streamed probabilities slab by slab into a raw uint8 NRRD; voxels per class."""
+    """Threshold the streamed probabilities slab by slab into a raw uint8 NRRD; voxels per class.
+
+    ``origin_xyz`` and ``direction`` (LPS, the input's) place the class map on the input's grid.
+    """
     probabilities = np.load(probabilities_path, mmap_mode="r")
     shape = probabilities.shape[1:]
-    offset = write_raw_nrrd_header(labels_path, shape, np.uint8, spacing_zyx)
+    offset = write_raw_nrrd_header(
+        labels_path, shape, np.uint8, spacing_zyx, origin_xyz=origin_xyz, direction=direction
+    )
     with open(labels_path, "r+b") as handle:  # grow the file to its full size before mapping it
         handle.truncate(offset + math.prod(shape))
     counts = dict.fromkeys(class_names, 0)
@@ -111,18 +150,11 @@ def _write_class_map(
 def segment_large_volume(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
+    plan: SegmentationPlan,
     *,
-    modality: str = "2PM",
-    method: str | None = None,
-    spacing_zyx: Sequence[float] | None = None,
+    spacing_xyz: Sequence[float] | None = None,
     tile_size_zyx: Sequence[int] = DEFAULT_TILE_SIZE_ZYX,
-    patch_size_zyx: Sequence[int] | None = None,
-    overlap: float | None = None,
-    batch_size: int = 2,
-    device: str = "auto",
-    thresholds: Mapping[str, float] | None = None,
     output_dtype: str = "float16",
-    subtract_slice_median: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> dict:
@@ -130,81 +162,100 @@ def segment_large_volume(
 
     Writes ``probabilities.npy`` (``(C, Z, Y, X)`` of ``output_dtype``, classes in the model's order) and
     ``labels.nrrd`` (raw uint8 class map: 1 artery, 2 vein, 3 micro; thresholds per class, overlaps to the
-    higher probability). The folder must exist; the caller makes it atomic (the CLI stages it).
+    higher probability) on the input's grid (spacing, origin and direction kept). The folder must exist; the
+    caller makes it atomic (the CLI stages it).
 
     Parameters
     ----------
     input_path : path
-        TIFF stack, raw NRRD or ``.npy`` (see :func:`~VesselSegLib.inference.streaming.open_volume_lazily`).
+        TIFF stack, raw NRRD or ``.npy`` (see :func:`VesselSegLib.io.open_volume_lazily`).
     output_dir : path
         Existing folder.
-    modality : str
-        Preset: its percentile normalisation is estimated once over the whole stack.
-    method : str, optional
-        A registry network; default: the preset's default model. Ensembles and Frangi need the whole volume
-        and are refused.
-    spacing_zyx : 3 float, optional
+    plan : SegmentationPlan
+        The resolved request: a single network (ensembles and filters need the whole volume and are
+        refused), its window, thresholds, batch, device. Small-component removal and resampling need the
+        whole volume too: the request must ask for neither (``min_component_mm3=0``; a model spacing within
+        tolerance, or resampling off). Of the 2PM preprocessing only the slice median is offered, applied
+        lazily (:class:`~VesselSegLib.inference.streaming.SliceMedianSubtracted`).
+    spacing_xyz : 3 float, optional
         Voxel size in mm, overriding the file's (required when the file has none: 2PM stacks are in um).
-    tile_size_zyx, patch_size_zyx, overlap, batch_size, device, output_dtype
-        As for :func:`~VesselSegLib.inference.streaming.stream_segment_probabilities`; patch and overlap
-        default to the model's.
-    thresholds : mapping class -> float, optional
-        Default 0.5, or the model's.
-    subtract_slice_median : bool
-        Level each Z slice by its median first (the 2PM paper's step for stacks from another microscope),
-        lazily: :class:`~VesselSegLib.inference.streaming.SliceMedianSubtracted`. The 3D median filter and
-        the intensity factor are not offered here (the factor does not change the result; see
-        ``segment_image``).
+    tile_size_zyx, output_dtype
+        As for :func:`~VesselSegLib.inference.streaming.stream_segment_probabilities`.
 
     Returns
     -------
     dict
-        Shape, spacing, method and SHA256, tiles, the stated memory bound in bytes, class voxel counts and
-        volumes in mm3, and stage times in seconds.
+        Keyword arguments of ``VesselSegLib.cli.summary.build_summary`` (grids, method, classes, counts, the
+        streaming record with tiles and the memory bound) and ``run_time_s``.
     """
+    from VesselSegLib.methods.networks import check_patch_fits
+    from VesselSegLib.preprocessing.resampling import check_spacing_units, plan_resampling
+
     output_dir = Path(output_dir)
-    preset = get_preset(modality)
-    registry = ModelRegistry.default()
-    entry = registry.default_for(preset.name) if method is None else registry.get(method)
-    if entry.kind != "network":
+    request, entry = plan.request, plan.entry
+    if not plan.method.supports_streaming:
         raise ValueError(
             f"Method {entry.name!r} is a {entry.kind}, which needs the whole volume in memory; stream with a "
             "single network (vesselseg methods lists them), or use 'vesselseg segment'."
         )
+    if plan.min_component_mm3 > 0:
+        raise ValueError(
+            "Streaming cannot remove small components (it needs the whole class map); ask for 0."
+        )
+    unsupported = request.microscopy.intensity_scale is not None or request.microscopy.median_size is not None
+    if unsupported:
+        raise ValueError(
+            "Streaming offers only the slice-median subtraction; use 'vesselseg segment' for the rest."
+        )
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     with open_volume_lazily(input_path) as stack:
-        spacing = tuple(float(s) for s in (spacing_zyx or stack.spacing_zyx or ()))
-        if len(spacing) != 3 or min(spacing) <= 0:
+        file_spacing = stack.spacing_zyx if spacing_xyz is None else tuple(reversed(tuple(spacing_xyz)))
+        if file_spacing is None:
             raise ValueError(
                 f"{Path(input_path).name} does not say its voxel size; give it (e.g. --spacing X Y Z in mm)."
             )
-        source = SliceMedianSubtracted(stack) if subtract_slice_median else stack
+        spacing = check_spacing_units(file_spacing, request.modality, spacing_given=spacing_xyz is not None)
+        resampling = plan_resampling(
+            spacing.spacing_zyx, plan.method.training_spacing_zyx(), request.resampling
+        )
+        if resampling.resample:
+            raise ValueError(
+                f"The model was trained at {resampling.target_spacing_zyx} mm (Z, Y, X) and this stack is at "
+                f"{spacing.spacing_zyx}: streaming cannot resample; use 'vesselseg segment', or --no-resample."
+            )
+        grid = Grid(
+            stack.shape, tuple(reversed(file_spacing)), stack.origin_xyz, tuple(stack.direction.ravel())
+        )
+        preset = get_preset(request.modality)
+        source = SliceMedianSubtracted(stack) if request.microscopy.subtract_slice_median else stack
         normalisation = estimate_normalisation(source, preset)
         timings["normalisation"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
         network = entry.load_network()
-        patch = tuple(patch_size_zyx or entry.patch_size_zyx or DEFAULT_STREAM_PATCH_ZYX)
-        window_overlap = entry.overlap if overlap is None else overlap
-        resolved_device = resolve_device(device)
+        patch = plan.patch_size_for(entry)
+        check_patch_fits(patch, network, entry.name)
+        window_overlap = plan.overlap_for(entry)
+        resolved_device = resolve_device(request.device)
+        divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
         tiles = plan_stream_tiles(
             source.shape,
             tile_size_zyx=tile_size_zyx,
             patch_size_zyx=patch,
             overlap=window_overlap,
-            size_divisor_zyx=getattr(network, "size_divisor_zyx", (1, 1, 1)),
+            size_divisor_zyx=divisor,
         )
         bound = peak_memory_bound_bytes(
             tile_size_zyx=tile_size_zyx,
             patch_size_zyx=patch,
             overlap=window_overlap,
             channels=len(entry.vessel_classes),
-            batch_size=batch_size,
+            batch_size=request.batch_size,
             source_dtype=source.dtype,
             output_dtype=output_dtype,
             volume_shape_zyx=source.shape,
-            size_divisor_zyx=getattr(network, "size_divisor_zyx", (1, 1, 1)),
+            size_divisor_zyx=divisor,
         )
         stream_segment_probabilities(
             network,
@@ -214,50 +265,59 @@ def segment_large_volume(
             normalisation=normalisation,
             tile_size_zyx=tile_size_zyx,
             overlap=window_overlap,
-            batch_size=batch_size,
+            batch_size=request.batch_size,
             device=str(resolved_device),
             output_dtype=output_dtype,
+            mixed_precision=request.precision == "auto",
             progress=progress,
             cancel=cancel,
         )
         timings["inference"] = time.perf_counter() - tick
-        shape = source.shape
     tick = time.perf_counter()
-    chosen = {**entry.thresholds, **dict(thresholds or {})}
+    thresholds = plan.thresholds_for(entry)
     counts = _write_class_map(
         output_dir / "probabilities.npy",
         output_dir / "labels.nrrd",
         entry.vessel_classes,
-        spacing_zyx=spacing,
-        thresholds=chosen,
+        spacing_zyx=file_spacing,
+        origin_xyz=grid.origin_xyz,
+        direction=grid.direction_matrix,
+        thresholds=thresholds,
         cancel=cancel,
     )
     timings["class_map"] = time.perf_counter() - tick
-    voxel_mm3 = math.prod(spacing)
+    kept = tuple(name for name in entry.vessel_classes if name in plan.vessel_classes)
     return {
-        "shape_zyx": list(shape),
-        "spacing_zyx_mm": list(spacing),
-        "modality": preset.name,
+        "grid": grid,
+        "output_grid": grid,
         "method": entry.name,
+        "method_display_name": entry.display_name,
         "model_sha256": entry.sha256,
         "device": str(resolved_device),
-        "vessel_classes": list(entry.vessel_classes),
-        "normalisation": {
-            "low": normalisation.low,
-            "high": normalisation.high,
-            "sample_stride": normalisation.stride,
-        },
-        "preprocessing": {"steps": ["subtract_slice_median"] if subtract_slice_median else []},
-        "tiles": len(tiles),
-        "tile_size_zyx": list(tile_size_zyx),
-        "patch_size_zyx": list(patch),
-        "overlap": window_overlap,
-        "memory_bound_bytes_without_network": bound,
-        "voxel_count": counts,
-        "volume_mm3": {name: count * voxel_mm3 for name, count in counts.items()},
-        "thresholds": {name: chosen.get(name, 0.5) for name in entry.vessel_classes},
-        "run_time_s": {key: round(value, 3) for key, value in timings.items()},
+        "vessel_classes": kept,
+        "thresholds": {name: thresholds.get(name, 0.5) for name in kept},
+        "voxel_count": {name: counts[name] for name in kept},
+        "measure_spacing_zyx": spacing.spacing_zyx,
         "files": {"probabilities": "probabilities.npy", "labels": "labels.nrrd"},
+        "spacing_check": spacing.as_record(),
+        "resampling": resampling.as_record(),
+        "preprocessing": {"steps": ["subtract_slice_median"]}
+        if request.microscopy.subtract_slice_median
+        else None,
+        "streaming": {
+            "tiles": len(tiles),
+            "tile_size_zyx": list(tile_size_zyx),
+            "patch_size_zyx": list(patch),
+            "overlap": window_overlap,
+            "memory_bound_bytes_without_network": bound,
+            "normalisation": {
+                "low": normalisation.low,
+                "high": normalisation.high,
+                "sample_stride": normalisation.stride,
+            },
+            "output_dtype": output_dtype,
+        },
+        "run_time_s": timings,
     }
 
 

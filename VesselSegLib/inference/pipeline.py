@@ -77,6 +77,8 @@ class SegmentationResult:
     seconds: float
     spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
     output_scale_zyx: tuple[int, int, int] = (1, 1, 1)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """The threshold each class map was cut at (the method's, overridden by the request's)."""
     timings: dict[str, float] = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
     """What the microscopy preprocessing did (scale factor, slice medians, filter), JSON-ready; empty if off."""
@@ -362,6 +364,7 @@ def run_segmentation(
         seconds=time.perf_counter() - started,
         spacing_zyx=output_spacing,
         output_scale_zyx=scale,
+        thresholds=dict(prediction.thresholds),
         timings=timings,
         preprocessing=preprocessing_record,
         resampling=resampling.as_record(),

@@ -15,6 +15,17 @@ from VesselSegLib.methods.base import MethodBase, MethodImages, MethodPrediction
 logger = logging.getLogger(__name__)
 
 
+def check_patch_fits(patch_zyx, network, name: str) -> None:
+    """Refuse a window that the network's pooling cannot halve evenly (the rule in the message)."""
+    divisor = tuple(getattr(network, "size_divisor_zyx", (1, 1, 1)))
+    if any(p % d for p, d in zip(patch_zyx, divisor, strict=True)):
+        example = tuple(max(d, p - p % d) for p, d in zip(patch_zyx, divisor, strict=True))
+        raise ValueError(
+            f"Patch size {tuple(patch_zyx)} (Z, Y, X) must be a multiple of {divisor} along each axis for "
+            f"{name}; choose e.g. {example}."
+        )
+
+
 class NetworkEnsemble(MethodBase):
     """Registry kinds ``"network"`` and ``"ensemble"``, run window by window (MONAI sliding window)."""
 
@@ -113,4 +124,4 @@ class NetworkEnsemble(MethodBase):
         )
 
 
-__all__ = ["NetworkEnsemble"]
+__all__ = ["NetworkEnsemble", "check_patch_fits"]

@@ -294,6 +294,7 @@ class VesselSegLogic:
         companionVolumes: Mapping[str, Any] | None = None,
         referenceVolume=None,
         outputSegmentation=None,
+        spacingGiven: bool = False,
     ) -> VesselSegInputs:
         """Check the inputs and copy the voxels (main thread). See ``process`` for the parameters."""
         from VesselSegLib.inference.inputs import SegmentationInputs
@@ -320,8 +321,7 @@ class VesselSegLogic:
                 modality: volume_from_node(node) for modality, node in (companionVolumes or {}).items()
             },
             reference=None if referenceVolume is None else volume_from_node(referenceVolume),
-            # Slicer shows the node's spacing as the truth: a volume whose units look wrong is the user's to fix.
-            spacing_given=True,
+            spacing_given=spacingGiven,
             names=names,
         )
         volumes.check(plan.request.companion_modalities)  # refuse bad voxels now, not after the run
@@ -556,6 +556,7 @@ class VesselSegLogic:
         companionVolumes: Mapping[str, Any] | None = None,
         referenceVolume=None,
         createProbabilityVolumes: bool | None = None,
+        spacingGiven: bool = False,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
     ) -> VesselSegOutputs:
@@ -580,6 +581,10 @@ class VesselSegLogic:
             mask. The result is scored against it (``outputs.metrics``) and a table node added. Never modified.
         createProbabilityVolumes : bool, optional
             Default: the request's ``keep_probabilities``.
+        spacingGiven : bool
+            True when the user set the voxel size on purpose: it is then never reinterpreted. Otherwise a
+            size implausible for the modality (a 2PM voxel of 1 mm: micrometres stored as millimetres) is
+            read in the plausible unit for measurements, with a warning (``check_spacing_units``).
         progressCallback : callable(fraction in [0, 1], message), optional
         cancelCheck : callable() -> bool, optional
             True cancels: SegmentationCancelled is raised and the scene is left unchanged.
@@ -601,6 +606,7 @@ class VesselSegLogic:
             companionVolumes=companionVolumes,
             referenceVolume=referenceVolume,
             outputSegmentation=outputSegmentation,
+            spacingGiven=spacingGiven,
         )
         result = self.computeSegmentation(
             inputs,

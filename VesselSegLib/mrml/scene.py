@@ -199,9 +199,15 @@ def load_volume_node(
                 break
         else:
             name = Path(name).stem
+    node = volume_node_from_volume(scene, volume, name)
+    logger.info("Loaded %s as %r, shape (Z, Y, X) %s", path, name, volume.array.shape)
+    return node
+
+
+def volume_node_from_volume(scene, volume: Volume, name: str):
+    """A new ``vtkMRMLScalarVolumeNode`` of ``scene`` holding a copy of ``volume`` on its exact grid."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
     set_ijk_to_ras(node, ijk_to_ras_from_volume(volume))
     node.CreateDefaultDisplayNodes()
-    logger.info("Loaded %s as %r, shape (Z, Y, X) %s", path, name, volume.array.shape)
     return node
