@@ -361,11 +361,11 @@ def test_stream_command_writes_the_in_memory_class_map_tile_by_tile(tmp_path):
     assert differing <= 2  # only voxels within 1e-6 of a threshold may flip
     assert np.count_nonzero(expected_map) > 100  # the phantom's vessels were found at all
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["tiles"] == len(
+    assert summary["streaming"]["tiles"] == len(
         plan_stream_tiles(stack.shape, tile_size_zyx=(8, 32, 32), patch_size_zyx=(8, 32, 32), overlap=0.25)
     )
     assert sum(summary["voxel_count"].values()) == np.count_nonzero(sitk.GetArrayFromImage(labels))
-    assert summary["memory_bound_bytes_without_network"] > 0
+    assert summary["streaming"]["memory_bound_bytes_without_network"] > 0
 
 
 def test_stream_command_levels_slices_with_the_shipped_2pm_model(tmp_path):

@@ -22,6 +22,7 @@ from VesselSegLib.models.registry import ModelRegistry
 from VesselSegLib.models.vcnet import VCNet, VCNetOutput
 from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.preprocessing import normalize_intensity
+from VesselSegLib.request import SegmentationRequest
 
 # --------------------------------------------------------------------------------------------- network
 
@@ -314,10 +315,7 @@ def test_logic_runs_the_shipped_vcnet_into_three_coloured_segments(tof_and_swi):
             nodes["tof"],
             maskVolume=nodes["mask"],
             companionVolumes={"SWI": nodes["swi"]},
-            modality="TOF-MRA",
-            method="vcnet",
-            device="cpu",
-            createModels=False,
+            request=SegmentationRequest(modality="TOF-MRA", method="vcnet", device="cpu", create_models=False),
         )
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["swi"]), swi_before)
         segmentation = outputs.segmentationNode.GetSegmentation()

@@ -43,6 +43,7 @@ def _addLibraryToPath():
 
 _addLibraryToPath()
 
+from VesselSegLib.dependencies import missing_requirements, pip_install_arguments  # noqa: E402
 from VesselSegLib.errors import SegmentationCancelled  # noqa: E402
 from VesselSegLib.mrml.logic import COMPUTE_PROGRESS_FRACTION  # noqa: E402
 from VesselSegLib.mrml.logic import VesselSegLogic as VesselSegLibraryLogic  # noqa: E402
@@ -246,8 +247,10 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
         return tuple(name for name, on in selected.items() if on)
 
-    def _processArguments(self):
-        """The parameter node's settings as keyword arguments of the Logic."""
+    def _request(self):
+        """The parameter node's settings as the one ``SegmentationRequest`` (ValueError if one is bad)."""
+        from VesselSegLib.request import MicroscopyOptions, SegmentationRequest
+
         parameters = self._parameterNode
         patch = (parameters.patchSizeZVoxels, parameters.patchSizeYVoxels, parameters.patchSizeXVoxels)
         thresholds = {
@@ -257,31 +260,38 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 ("vein", parameters.veinThreshold),
                 ("micro", parameters.microThreshold),
             )
-            if value > 0
+            if value > 0  # 0: the method's own threshold
         }
         companion = parameters.companionVolume
-        microscopy = {
-            "subtract_slice_median": parameters.subtractSliceMedian,
-            "median_size": 3 if parameters.medianFilter else None,
-            "intensity_scale": parameters.intensityScale or None,
-        }
-        microscopy = {key: value for key, value in microscopy.items() if value}
+        return SegmentationRequest(
+            modality=parameters.modality,
+            method=parameters.method or None,
+            vessel_classes=self._classSelection(),
+            device=parameters.device,
+            patch_size_zyx=patch if all(patch) else None,
+            overlap=parameters.overlap,
+            thresholds=thresholds,
+            min_component_mm3=None if parameters.minimumComponentMm3 < 0 else parameters.minimumComponentMm3,
+            microscopy=MicroscopyOptions(
+                subtract_slice_median=parameters.subtractSliceMedian,
+                median_size=3 if parameters.medianFilter else None,
+                intensity_scale=parameters.intensityScale or None,
+            ),
+            companion_modalities=(parameters.companionModality,) if companion else (),
+            keep_probabilities=parameters.createProbabilityVolumes,
+            create_models=parameters.createModels,
+            create_graph=parameters.createGraph,
+        )
+
+    def _nodes(self):
+        """The parameter node's input and output nodes as keyword arguments of the Logic's steps."""
+        parameters = self._parameterNode
+        companion = parameters.companionVolume
         return {
             "maskVolume": parameters.maskVolume,
             "companionVolumes": {parameters.companionModality: companion} if companion else None,
-            "outputSegmentation": parameters.outputSegmentation,
-            "modality": parameters.modality,
-            "method": parameters.method or None,
-            "vesselClasses": self._classSelection(),
-            "device": parameters.device,
-            "patchSizeZYX": patch if all(patch) else None,
-            "overlap": parameters.overlap,
-            "thresholds": thresholds or None,
-            "minimumComponentMm3": None
-            if parameters.minimumComponentMm3 < 0
-            else parameters.minimumComponentMm3,
-            "microscopyPreprocessing": microscopy or None,
             "referenceVolume": parameters.referenceVolume,
+            "outputSegmentation": parameters.outputSegmentation,
         }
 
     def _updateApplyButton(self) -> None:
@@ -290,20 +300,15 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:
             self.ui.applyButton.enabled = False
             return
-        if self.logic.missingPackages():
+        if missing_requirements(inside_slicer=True):
             ok, message = False, _("Install the missing Python packages first.")
         else:
-            arguments = self._processArguments()
-            ok, message = self.logic.isValidInputOutputData(
-                self._parameterNode.inputVolume,
-                maskVolume=arguments["maskVolume"],
-                companionVolumes=arguments["companionVolumes"],
-                outputSegmentation=arguments["outputSegmentation"],
-                modality=arguments["modality"],
-                method=arguments["method"],
-                vesselClasses=arguments["vesselClasses"],
-                referenceVolume=arguments["referenceVolume"],
-            )
+            try:
+                ok, message = self.logic.isValidInputOutputData(
+                    self._parameterNode.inputVolume, self._request(), **self._nodes()
+                )
+            except ValueError as error:  # a setting the request refuses
+                ok, message = False, str(error)
         self.ui.applyButton.enabled = ok
         self.ui.applyButton.toolTip = message
 
@@ -362,46 +367,54 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ dependencies
 
     def updateDependencyStatus(self) -> None:
-        missing = self.logic.missingPackages()
+        # VesselSegLib/requirements.txt, versions included (slicer-core is skipped: Slicer provides it).
+        unmet = missing_requirements(inside_slicer=True)
         self.ui.dependencyLabel.text = _(
-            "VesselSeg needs these Python packages, which are not installed: {packages}."
-        ).format(packages=", ".join(pip for _module, pip in missing))
-        self.ui.dependencyLabel.setVisible(bool(missing))
-        self.ui.installDependenciesButton.setVisible(bool(missing))
+            "VesselSeg needs Python packages that are missing or too old: {packages}."
+        ).format(packages="; ".join(item.reason for item in unmet))
+        self.ui.dependencyLabel.setVisible(bool(unmet))
+        self.ui.installDependenciesButton.setVisible(bool(unmet))
 
     def onInstallDependencies(self) -> None:
-        missing = [pip for _module, pip in self.logic.missingPackages()]
-        if not missing:
+        unmet = missing_requirements(inside_slicer=True)
+        if not unmet:
             self.updateDependencyStatus()
             return
         if not slicer.util.confirmOkCancelDisplay(
             _(
                 "VesselSeg will install these Python packages: {packages}. This downloads several hundred MB "
                 "(PyTorch) and can take several minutes. Continue?"
-            ).format(packages=", ".join(missing))
+            ).format(packages=", ".join(pip_install_arguments(unmet)))
         ):
             return
         with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
-            if "torch" in missing:  # first: other packages (MONAI) would otherwise pull a default torch build
-                self._installPyTorch()
-                missing.remove("torch")
-            if missing:
-                slicer.util.pip_install(missing)
+            # torch first: other packages (MONAI) would otherwise pull a default torch build
+            for item in unmet:
+                if item.uses_pytorch_extension:
+                    self._installPyTorch(item)
+            others = pip_install_arguments([item for item in unmet if not item.uses_pytorch_extension])
+            if others:
+                slicer.util.pip_install(others)  # one argument per specifier, exactly as in the file
         self.updateDependencyStatus()
         self.populateMethods()
         self._updateApplyButton()
 
     @staticmethod
-    def _installPyTorch() -> None:
-        """PyTorch through the PyTorch extension (which picks the build for the GPU/CUDA), else pip."""
+    def _installPyTorch(requirement) -> None:
+        """PyTorch through the PyTorch extension (which picks the build for the GPU/CUDA), else pip.
+
+        ``requirement`` is the unmet torch requirement (``UnmetRequirement``: torch missing or too old);
+        its version specifier (">=2.3") is passed on.
+        """
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
             logging.info("PyTorch extension not installed; installing torch with pip.")
-            slicer.util.pip_install("torch")
+            slicer.util.pip_install(pip_install_arguments([requirement]))
             return
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
+        versionRequirement = requirement.specifier or None  # PyTorchUtils installs "torch" + this
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=versionRequirement) is None:
             raise ValueError(
                 _("PyTorch was not installed; install it from the PyTorch module and try again.")
             )
@@ -413,23 +426,16 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._requestCancel()
             self.ui.statusLabel.text = _("Cancelling...")
             return
-        if self.logic.missingPackages():
+        if missing_requirements(inside_slicer=True):
             self.onInstallDependencies()
-            if self.logic.missingPackages():
+            if missing_requirements(inside_slicer=True):
                 return
         with slicer.util.tryWithErrorDisplay(_("Cannot start the segmentation."), waitCursor=True):
-            arguments = self._processArguments()
-            outputSegmentation = arguments.pop("outputSegmentation")
-            createProbabilityVolumes = self._parameterNode.createProbabilityVolumes
-            inputs = self.logic.prepareInputs(
-                self._parameterNode.inputVolume,
-                outputSegmentation=outputSegmentation,
-                keepProbabilities=createProbabilityVolumes,
-                **arguments,
-            )
-            self._startWorker(inputs, outputSegmentation, createProbabilityVolumes)
+            nodes = self._nodes()
+            inputs = self.logic.prepareInputs(self._parameterNode.inputVolume, self._request(), **nodes)
+            self._startWorker(inputs, nodes["outputSegmentation"])
 
-    def _startWorker(self, inputs, outputSegmentation, createProbabilityVolumes) -> None:
+    def _startWorker(self, inputs, outputSegmentation) -> None:
         """Run ``computeSegmentation`` in a thread; the timer polls it and builds the scene when it ends."""
         self._cancelEvent = threading.Event()
         state = {
@@ -438,9 +444,6 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "error": None,
             "inputs": inputs,
             "outputSegmentation": outputSegmentation,
-            "createProbabilityVolumes": createProbabilityVolumes,
-            "createModels": self._parameterNode.createModels,
-            "createGraph": self._parameterNode.createGraph,
         }
         self._runState = state
 
@@ -505,33 +508,22 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if error is not None:
                     raise error
                 self.ui.progressBar.value = int(1000 * COMPUTE_PROGRESS_FRACTION)
+                # Segmentation, models, graph and metrics in one scene transaction: all or nothing.
                 outputs = self.logic.addResultsToScene(
-                    state["inputs"],
-                    state["result"],
-                    outputSegmentation=state["outputSegmentation"],
-                    createProbabilityVolumes=state["createProbabilityVolumes"],
-                    createModels=state["createModels"],
+                    state["inputs"], state["result"], outputSegmentation=state["outputSegmentation"]
                 )
                 self._parameterNode.outputSegmentation = outputs.segmentationNode
-                outputs.segmentationNode.CreateClosedSurfaceRepresentation()
                 result = outputs.result
-                if state["createGraph"]:
-                    self.ui.statusLabel.text = _("Extracting the vessel graph...")
-                    slicer.app.processEvents()
-                    self.logic.createVesselGraph(state["inputs"], result)
-                volumes = result.volumes_mm3(state["inputs"].spacingZYX)
                 summary = ", ".join(
                     f"{VESSEL_CLASS_BY_NAME[name].display_name} {volume:.1f} mm³"
-                    for name, volume in volumes.items()
+                    for name, volume in result.volumes_mm3().items()
                 )
-                if state["inputs"].reference is not None:
-                    self.ui.statusLabel.text = _("Scoring against the reference labels...")
-                    slicer.app.processEvents()
-                    metrics, _binary, table = self.logic.evaluateAgainstReference(state["inputs"], result)
-                    slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+                if outputs.metricsTableNode is not None:
+                    selection = slicer.app.applicationLogic().GetSelectionNode()
+                    selection.SetActiveTableID(outputs.metricsTableNode.GetID())
                     slicer.app.applicationLogic().PropagateTableSelection()
                     summary += "; " + _("vessel Dice {dice:.3f}, clDice {cldice:.3f}").format(
-                        dice=metrics["vessel"]["dice"], cldice=metrics["vessel"]["cldice"]
+                        dice=outputs.metrics["vessel"]["dice"], cldice=outputs.metrics["vessel"]["cldice"]
                     )
                 self.ui.statusLabel.text = _("{method} on {device} in {seconds:.1f} s: {summary}").format(
                     method=result.method_display_name,
@@ -602,11 +594,11 @@ class VesselSegTest(ScriptedLoadableModuleTest):
 
         logic = VesselSegLogic()
         fractions = []
+        from VesselSegLib.request import SegmentationRequest
+
         outputs = logic.process(
             inputVolume,
-            modality="TOF-MRA",
-            device="cpu",
-            createModels=True,
+            SegmentationRequest(modality="TOF-MRA", device="cpu", create_models=True),
             referenceVolume=referenceVolume,
             progressCallback=lambda fraction, message: fractions.append(fraction),
         )

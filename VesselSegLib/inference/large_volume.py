@@ -217,7 +217,7 @@ def segment_large_volume(
             )
         spacing = check_spacing_units(file_spacing, request.modality, spacing_given=spacing_xyz is not None)
         resampling = plan_resampling(
-            spacing.spacing_zyx, plan.method.training_spacing_zyx(), request.resampling
+            spacing.spacing_zyx, plan.method.training_spacing_zyx(request.modality), request.resampling
         )
         if resampling.resample:
             raise ValueError(

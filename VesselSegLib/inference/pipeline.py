@@ -278,7 +278,9 @@ def run_segmentation(
     _report(progress, 0.0, f"Normalising ({request.modality})")
     images, preprocessing_record = _normalised_images(inputs, plan, spacing.spacing_zyx, timings)
     input_shape = images.image.shape
-    resampling = plan_resampling(images.spacing_zyx, plan.method.training_spacing_zyx(), request.resampling)
+    resampling = plan_resampling(
+        images.spacing_zyx, plan.method.training_spacing_zyx(request.modality), request.resampling
+    )
     if resampling.resample:
         tick = time.perf_counter()
         _report(progress, 0.02, f"Resampling to the model's voxel size {resampling.target_spacing_zyx} mm")

@@ -4,7 +4,8 @@ Two-photon stacks reach 1024 x 1024 x 700 uint16 (1.5 GB on disk); in-memory inf
 float32 copy, MONAI's per-class float32 accumulator and count map, about 14 bytes per voxel per class, 10 GB
 and more. Here the volume is processed in tiles:
 
-1. :func:`open_volume_lazily` opens a TIFF stack, a raw NRRD or a ``.npy`` file without reading its voxels;
+1. :func:`~VesselSegLib.io.lazy.open_volume_lazily` (in :mod:`VesselSegLib.io.lazy`, importable from
+   here too) opens a TIFF stack, a raw NRRD or a ``.npy`` file without reading its voxels;
    ``source[z0:z1, y0:y1, x0:x1]`` then reads that region only (memory map, or the TIFF pages of the Z
    range).
 2. :func:`estimate_normalisation` computes the modality's percentile normalisation once, from a strided
@@ -21,10 +22,7 @@ the core is then the same weighted average of the same network outputs as in who
 any network (a U-Net whose receptive field is larger than any margin included). See
 :func:`plan_stream_tiles`.
 
-Reading: ``numpy.memmap`` for ``.npy``, raw NRRD and uncompressed contiguous TIFF (mapped afresh for each
-read and unmapped after it, so the process keeps no mapped pages between tiles); page by page with
-``tifffile`` for compressed or scattered TIFF (one page decoded at a time). The ``zarr`` package (which
-tifffile's ``aszarr`` needs to index a store) is not a dependency of VesselSeg, so it is not used.
+Reading (memory maps, TIFF page by page, geometry, NaN checks) is :mod:`VesselSegLib.io.lazy`'s.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,24 +48,24 @@ from VesselSegLib.inference.sliding_window import (
     predict_probabilities,
 )
 from VesselSegLib.io.atomic import atomic_write_path
-from VesselSegLib.io.volume import _LENGTH_UNIT_IN_MM, MICROMETRE_IN_MM, _ome_physical_sizes_mm
+
+# The readers live in VesselSegLib.io.lazy; these names stay importable from here for existing callers.
+from VesselSegLib.io.lazy import (  # noqa: F401
+    STREAMING_SUFFIXES,
+    LazyVolume,
+    _MemmapVolume,
+    _TiffPagesVolume,
+    open_volume_lazily,
+)
 from VesselSegLib.preprocessing.microscopy import level_slices, slice_medians
 from VesselSegLib.preprocessing.presets import ModalityPreset, get_preset
 
 logger = logging.getLogger(__name__)
 
-STREAMING_SUFFIXES = (".tif", ".tiff", ".nrrd", ".nhdr", ".npy")
 OUTPUT_DTYPES = ("float16", "uint8", "float32")
 DEFAULT_TILE_SIZE_ZYX = (128, 512, 512)
 #: Voxels sampled by :func:`estimate_normalisation` (64 MB as float32).
 DEFAULT_NORMALISATION_VOXELS = 2**24
-
-_CONVERT_HINT = (
-    "Streaming needs an uncompressed or page-wise format it can read region by region: a TIFF stack, a raw "
-    "(uncompressed) NRRD or a .npy file. Convert it once, e.g. with SimpleITK: "
-    "sitk.WriteImage(sitk.ReadImage(src), 'stack.nrrd', useCompression=False), or with "
-    "tifffile.imwrite('stack.tif', array) (VesselSegLib.io.write_volume(volume, 'stack.tif') also works)."
-)
 
 
 class VolumeSource(Protocol):
@@ -78,416 +75,6 @@ class VolumeSource(Protocol):
     dtype: np.dtype
 
     def __getitem__(self, key: Any) -> np.ndarray: ...
-
-
-# --------------------------------------------------------------------------------------------- reading
-
-
-class LazyVolume:
-    """A (Z, Y, X) scalar volume on disk, read region by region.
-
-    ``volume[z0:z1, y0:y1, x0:x1]`` returns a new in-memory array of that region only (slices with step 1,
-    or integers, which drop their axis). Use as a context manager, or call :meth:`close`.
-
-    Attributes
-    ----------
-    path : Path
-    shape : tuple of 3 int
-        (Z, Y, X).
-    dtype : numpy.dtype
-        Voxel type in native byte order.
-    spacing_zyx : tuple of 3 float or None
-        Voxel size in mm in array-axis order, when the file says it.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        shape: tuple[int, int, int],
-        dtype: np.dtype,
-        spacing_zyx: tuple[float, float, float] | None,
-    ) -> None:
-        self.path = path
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype).newbyteorder("=")
-        self.spacing_zyx = spacing_zyx
-        self.ndim = 3
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if len(key) > 3:
-            raise IndexError(f"A (Z, Y, X) volume takes at most 3 indices, got {len(key)}.")
-        key = key + (slice(None),) * (3 - len(key))
-        ranges, dropped = [], []
-        for axis, (item, size) in enumerate(zip(key, self.shape, strict=True)):
-            if isinstance(item, (int, np.integer)):
-                index = int(item) + size if item < 0 else int(item)
-                if not 0 <= index < size:
-                    raise IndexError(f"Index {item} is out of range for axis {axis} of size {size}.")
-                ranges.append((index, index + 1))
-                dropped.append(axis)
-            elif isinstance(item, slice):
-                start, stop, step = item.indices(size)
-                if step != 1:
-                    raise IndexError("Lazy volumes read contiguous regions only; slice with step 1.")
-                ranges.append((start, max(start, stop)))
-            else:
-                raise IndexError(f"Index lazy volumes with slices or integers, got {item!r}.")
-        region = self._read(*ranges)
-        return region.squeeze(axis=tuple(dropped)) if dropped else region
-
-    def _read(self, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release the open file, if any."""
-
-    def __enter__(self) -> LazyVolume:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path.name!r}, shape={self.shape}, dtype={self.dtype})"
-
-
-class _MemmapVolume(LazyVolume):
-    """Raw voxels at a byte offset of a file (npy, raw NRRD, contiguous uncompressed TIFF).
-
-    The file is mapped for each read and unmapped after it: the pages read stay in the operating system's
-    file cache (reclaimable), not in this process's resident memory.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        offset: int,
-        file_dtype: np.dtype,
-        file_shape: tuple[int, ...],
-        fortran_order: bool = False,
-        spacing_zyx: tuple[float, float, float] | None = None,
-    ) -> None:
-        self._offset = int(offset)
-        self._file_dtype = np.dtype(file_dtype)
-        self._file_shape = tuple(int(s) for s in file_shape)
-        self._order = "F" if fortran_order else "C"
-        self._squeeze = tuple(axis for axis, size in enumerate(self._file_shape) if size == 1)
-        shape = tuple(size for size in self._file_shape if size != 1)
-        super().__init__(path, shape, self._file_dtype, spacing_zyx)
-
-    def _read(self, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
-        mapped = np.memmap(
-            self.path,
-            dtype=self._file_dtype,
-            mode="r",
-            offset=self._offset,
-            shape=self._file_shape,
-            order=self._order,
-        )
-        view = np.squeeze(mapped, axis=self._squeeze) if self._squeeze else mapped
-        region = np.array(view[z[0] : z[1], y[0] : y[1], x[0] : x[1]], dtype=self.dtype, order="C")
-        del view, mapped  # the last references: the file is unmapped here
-        return region
-
-
-class _TiffPagesVolume(LazyVolume):
-    """A compressed, tiled or scattered TIFF stack: one 2D page per Z, decoded one page at a time."""
-
-    def __init__(self, path: Path, tiff: Any, pages: Sequence[Any], shape, dtype, spacing_zyx) -> None:
-        super().__init__(path, shape, dtype, spacing_zyx)
-        self._tiff = tiff
-        self._pages = pages
-
-    def _read(self, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
-        if self._tiff is None:
-            raise ValueError(f"TIFF {self.path.name} was closed; open it again with open_volume_lazily.")
-        region = np.empty((z[1] - z[0], y[1] - y[0], x[1] - x[0]), dtype=self.dtype)
-        for k, index in enumerate(range(*z)):
-            try:
-                page = self._pages[index].asarray()
-            except Exception as error:  # tifffile/imagecodecs raise many types for damaged data
-                raise ValueError(
-                    f"Cannot decode page {index} of TIFF {self.path.name}: {error}. The file is damaged, or its "
-                    "compression needs the 'imagecodecs' package (pip install imagecodecs)."
-                ) from None
-            page = np.squeeze(page)
-            if page.shape != self.shape[1:]:
-                raise ValueError(
-                    f"Page {index} of TIFF {self.path.name} has shape {page.shape}, the stack {self.shape[1:]}; "
-                    "a stack needs all pages the same size (crop or pad them, e.g. in Fiji)."
-                )
-            region[k] = page[y[0] : y[1], x[0] : x[1]]
-        return region
-
-    def close(self) -> None:
-        if self._tiff is not None:
-            self._tiff.close()
-            self._tiff = None
-
-
-def open_volume_lazily(path: str | os.PathLike) -> LazyVolume:
-    """Open a (Z, Y, X) volume for region-by-region reading, without reading its voxels.
-
-    Parameters
-    ----------
-    path : path
-        A TIFF stack (.tif, .tiff; uncompressed contiguous stacks are memory-mapped, compressed or tiled ones
-        read page by page), a raw NRRD (.nrrd, or .nhdr with a raw data file) or a ``.npy`` file.
-        Singleton axes are dropped; three axes must remain.
-
-    Returns
-    -------
-    LazyVolume
-        With ``shape``, ``dtype``, ``spacing_zyx`` (mm, or None) and region reads by slicing. Close it (or
-        use ``with``) when done; only page-wise TIFF keeps the file open.
-
-    Raises
-    ------
-    ValueError
-        Missing or unreadable file, an unsupported or compressed format (the message says how to convert
-        it), fewer or more than 3 non-singleton axes (multichannel or time series), or TIFF pages of
-        different shapes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Input file {path} does not exist; check the path.")
-    name = path.name.lower()
-    if name.endswith((".tif", ".tiff")):
-        return _open_tiff(path)
-    if name.endswith((".nrrd", ".nhdr")):
-        return _open_nrrd(path)
-    if name.endswith(".npy"):
-        return _open_npy(path)
-    if name.endswith((".nii", ".nii.gz", ".mha", ".mhd", ".npz", ".zarr")):
-        raise ValueError(f"Cannot stream {path.name}. {_CONVERT_HINT}")
-    raise ValueError(
-        f"Unsupported file type for streaming: {path.name}; use one of {', '.join(STREAMING_SUFFIXES)}."
-    )
-
-
-def _three_axes(path: Path, shape: Sequence[int], what: str, fix: str) -> tuple[int, int, int]:
-    squeezed = tuple(int(s) for s in shape if s != 1)
-    if len(squeezed) < 3:
-        raise ValueError(
-            f"{what} {path.name} has shape {tuple(shape)}: fewer than 3 axes, not a (Z, Y, X) stack. "
-            "VesselSeg segments 3D volumes; give a multi-slice stack."
-        )
-    if len(squeezed) > 3:
-        raise ValueError(
-            f"{what} {path.name} has shape {tuple(shape)}: more than 3 axes (several channels or time "
-            f"points). VesselSeg needs one 3D (Z, Y, X) channel; {fix}"
-        )
-    return squeezed
-
-
-def _open_npy(path: Path) -> LazyVolume:
-    try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise ValueError(f"Cannot read {path.name} as a NumPy .npy file: {error}.") from None
-    if not isinstance(mapped, np.memmap):  # an empty array, which NumPy does not map
-        raise ValueError(f"{path.name} holds an empty array of shape {mapped.shape}; give a 3D volume.")
-    shape, dtype, offset = mapped.shape, mapped.dtype, mapped.offset
-    fortran_order = bool(mapped.flags.f_contiguous and not mapped.flags.c_contiguous)
-    del mapped
-    if dtype.kind not in "biuf":  # bool, signed, unsigned, float
-        raise ValueError(f"{path.name} holds data type {dtype}; give a real-valued scalar volume.")
-    _three_axes(path, shape, "Array file", "save one channel, e.g. numpy.save(path, array[:, 0]).")
-    return _MemmapVolume(path, offset=offset, file_dtype=dtype, file_shape=shape, fortran_order=fortran_order)
-
-
-# NRRD is parsed here rather than with SimpleITK: SimpleITK's ImageFileReader.ReadImageInformation gives the
-# size and spacing but not the byte offset of the voxels, which a memory map needs (and pynrrd is not a
-# dependency of VesselSeg). The format is a few text lines: http://teem.sourceforge.net/nrrd/format.html
-_NRRD_TYPES = {
-    "i1": ("signed char", "int8", "int8_t"),
-    "u1": ("uchar", "unsigned char", "uint8", "uint8_t"),
-    "i2": ("short", "short int", "signed short", "signed short int", "int16", "int16_t"),
-    "u2": ("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
-    "i4": ("int", "signed int", "int32", "int32_t"),
-    "u4": ("uint", "unsigned int", "uint32", "uint32_t"),
-    "i8": (
-        "longlong",
-        "long long",
-        "long long int",
-        "signed long long",
-        "signed long long int",
-        "int64",
-        "int64_t",
-    ),
-    "u8": ("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"),
-    "f4": ("float",),
-    "f8": ("double",),
-}
-_NRRD_TYPE_CODES = {name: code for code, names in _NRRD_TYPES.items() for name in names}
-_NRRD_UNITS_IN_MM = {**_LENGTH_UNIT_IN_MM, "microns": 1e-3, "micrometers": 1e-3, "micrometres": 1e-3}
-_NRRD_HEADER_LIMIT = 1 << 20
-
-
-def _read_nrrd_header(path: Path) -> tuple[dict[str, str], int]:
-    fields: dict[str, str] = {}
-    with open(path, "rb") as handle:
-        magic = handle.readline(64)
-        if not magic.startswith(b"NRRD000"):
-            raise ValueError(f"{path.name} is not a NRRD file (it does not start with 'NRRD000x').")
-        while True:
-            raw = handle.readline(_NRRD_HEADER_LIMIT)
-            if raw in (b"", b"\n", b"\r\n") or handle.tell() > _NRRD_HEADER_LIMIT:
-                break
-            line = raw.decode("latin-1").rstrip("\r\n")
-            key, separator, value = line.partition(": ")
-            # Comments start with '#'; key/value pairs ("key:=value") are not fields.
-            if separator and not line.startswith("#") and ":=" not in key:
-                fields[key.strip().lower()] = value.strip()
-        return fields, handle.tell()
-
-
-def _open_nrrd(path: Path) -> LazyVolume:
-    try:
-        fields, header_end = _read_nrrd_header(path)
-    except OSError as error:
-        raise ValueError(f"Cannot read NRRD {path}: {error}.") from None
-    encoding = fields.get("encoding", "").lower()
-    if encoding != "raw":
-        raise ValueError(f"NRRD {path.name} has '{encoding or 'no'}' encoding, not raw. {_CONVERT_HINT}")
-    type_code = _NRRD_TYPE_CODES.get(fields.get("type", "").lower())
-    if type_code is None:
-        raise ValueError(f"NRRD {path.name} has unsupported voxel type {fields.get('type')!r}.")
-    try:
-        sizes = [int(s) for s in fields["sizes"].split()]
-        dimension = int(fields.get("dimension", len(sizes)))
-    except (KeyError, ValueError):
-        raise ValueError(f"NRRD {path.name} has no valid 'sizes' field; the header is damaged.") from None
-    if dimension != len(sizes):
-        raise ValueError(f"NRRD {path.name} says dimension {dimension} but lists {len(sizes)} sizes.")
-    shape = tuple(reversed(sizes))  # NRRD lists the fastest axis first
-    _three_axes(path, shape, "NRRD", "extract one channel first (e.g. in 3D Slicer or with SimpleITK).")
-    byte_order = ">" if fields.get("endian", "little").lower() == "big" else "<"
-    dtype = np.dtype(byte_order + type_code) if type_code[1] != "1" else np.dtype(type_code)
-    if int(fields.get("line skip", "0")) != 0:
-        raise ValueError(
-            f"NRRD {path.name} uses 'line skip', which streaming does not support. {_CONVERT_HINT}"
-        )
-
-    data_path, offset = path, header_end
-    data_file = fields.get("data file", fields.get("datafile"))
-    if data_file is not None:
-        if data_file.upper().startswith("LIST") or len(data_file.split()) > 1:
-            raise ValueError(f"NRRD {path.name} splits its data over several files. {_CONVERT_HINT}")
-        data_path = (path.parent / data_file).resolve()
-        offset = 0
-        if not data_path.is_file():
-            raise ValueError(f"NRRD {path.name} names data file {data_file}, which does not exist.")
-    nbytes = math.prod(shape) * dtype.itemsize
-    byte_skip = int(fields.get("byte skip", "0"))
-    offset = data_path.stat().st_size - nbytes if byte_skip == -1 else offset + byte_skip
-    if offset < 0 or data_path.stat().st_size < offset + nbytes:
-        raise ValueError(
-            f"NRRD {path.name} is truncated: {nbytes} bytes of voxels expected after the header; write it again."
-        )
-    return _MemmapVolume(
-        data_path,
-        offset=offset,
-        file_dtype=dtype,
-        file_shape=shape,
-        spacing_zyx=_nrrd_spacing_zyx(fields, sizes),
-    )
-
-
-def _nrrd_spacing_zyx(fields: dict[str, str], sizes: Sequence[int]) -> tuple[float, float, float] | None:
-    lengths: list[float] = []
-    if "space directions" in fields:
-        for item in fields["space directions"].split():
-            if item.lower() == "none":
-                continue
-            try:
-                lengths.append(float(np.linalg.norm([float(v) for v in item.strip("()").split(",")])))
-            except ValueError:
-                return None
-    elif "spacings" in fields:
-        lengths = [float(v) for v in fields["spacings"].split() if v.lower() != "nan"]
-    units = [u.strip('"').lower() for u in re.findall(r'"[^"]*"|\S+', fields.get("space units", ""))]
-    if len(lengths) != 3 or not all(length > 0 for length in lengths):
-        return None
-    scale = [_NRRD_UNITS_IN_MM.get(unit, 1.0) for unit in units] if len(units) == 3 else [1.0] * 3
-    return tuple(float(length * s) for length, s in reversed(list(zip(lengths, scale, strict=True))))
-
-
-def _open_tiff(path: Path) -> LazyVolume:
-    import tifffile  # imported here: only microscopy users need it
-
-    try:
-        tiff = tifffile.TiffFile(str(path))
-    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as error:
-        raise ValueError(f"Cannot read TIFF {path}: {error}. The file is damaged or not a TIFF.") from None
-    try:
-        volume = _tiff_volume(path, tiff)
-    except BaseException:
-        tiff.close()
-        raise
-    if not isinstance(volume, _TiffPagesVolume):
-        tiff.close()
-    return volume
-
-
-def _tiff_volume(path: Path, tiff: Any) -> LazyVolume:
-    series = tiff.series[0]
-    spacing = _tiff_spacing_zyx(tiff)
-    if len(tiff.series) > 1 and not tiff.is_ome:
-        # Pages of one shape form one series; several series mean pages of several shapes, or a stack
-        # written page by page (each write its own series): the latter is a stack of all pages.
-        pages = list(tiff.pages)
-        shapes = [tuple(int(s) for s in page.shape) for page in pages]
-        dtypes = {np.dtype(page.dtype) for page in pages}
-        distinct = sorted(set(shapes), key=shapes.index)
-        if len(distinct) > 1 or len(dtypes) > 1:
-            listed = ", ".join(f"{shape} (first at page {shapes.index(shape)})" for shape in distinct[:4])
-            raise ValueError(
-                f"TIFF {path.name} has pages of different shapes: {listed}. A stack needs all slices the same "
-                "size and type; crop or pad them to one size (e.g. in Fiji), or save each image separately."
-            )
-        shape = _three_axes(path, (len(pages), *shapes[0]), "TIFF", "split channels first (e.g. in Fiji).")
-        return _TiffPagesVolume(path, tiff, pages, shape, pages[0].dtype, spacing)
-    if len(tiff.series) > 1:
-        logger.warning("OME-TIFF %s holds %d images; streaming the first.", path.name, len(tiff.series))
-    shape = _three_axes(path, series.shape, "TIFF", "split channels or time points first (e.g. in Fiji).")
-    if series.dataoffset is not None:  # uncompressed and contiguous: one memory map
-        dtype = np.dtype(series.dtype).newbyteorder(tiff.byteorder)
-        return _MemmapVolume(
-            path, offset=series.dataoffset, file_dtype=dtype, file_shape=series.shape, spacing_zyx=spacing
-        )
-    pages = list(series.pages)
-    if len(pages) != shape[0] or any(
-        page is None or tuple(s for s in page.shape if s != 1) != shape[1:] for page in pages
-    ):
-        raise ValueError(
-            f"TIFF {path.name} does not store one 2D page per slice (shape {series.shape}, {len(pages)} pages), "
-            f"so it cannot be read slab by slab. {_CONVERT_HINT}"
-        )
-    return _TiffPagesVolume(path, tiff, pages, shape, series.dtype, spacing)
-
-
-def _tiff_spacing_zyx(tiff: Any) -> tuple[float, float, float] | None:
-    """Voxel size in mm from OME-XML or ImageJ metadata (as ``read_volume`` reads it), else None."""
-    try:
-        if tiff.is_ome and tiff.ome_metadata:
-            sizes = _ome_physical_sizes_mm(tiff.ome_metadata)
-            if len(sizes) == 3:
-                return (sizes["Z"], sizes["Y"], sizes["X"])
-        imagej = tiff.imagej_metadata if tiff.is_imagej else None
-        x_resolution = tiff.pages[0].tags.get("XResolution")
-        if imagej and "spacing" in imagej and x_resolution is not None:
-            numerator, denominator = x_resolution.value
-            unit = str(imagej.get("unit", "micron")).replace("\\u00B5", "µ")
-            to_mm = _LENGTH_UNIT_IN_MM.get(unit, MICROMETRE_IN_MM)
-            if numerator:
-                pixel = denominator / numerator * to_mm
-                return (float(imagej["spacing"]) * to_mm, pixel, pixel)
-    except (ValueError, KeyError, TypeError, ZeroDivisionError):
-        pass
-    return None
 
 
 # ----------------------------------------------------------------------------------- preprocessing

@@ -3,14 +3,20 @@
 NIfTI, NRRD and MHA go through SimpleITK, which converts every format to ITK's LPS world convention, so a
 volume read and written back keeps its exact grid. Multi-page TIFF stacks (microscopy) go through tifffile
 (+ imagecodecs for LZW/zlib); their voxel size comes from OME-XML (embedded or a side-car file), ImageJ
-metadata, or the caller, and micrometres are converted to millimetres so every length in VesselSeg is in mm.
+metadata, or the caller (:mod:`VesselSegLib.io.metadata`, shared with the lazy readers of
+:mod:`VesselSegLib.io.lazy`), converted to millimetres so every length in VesselSeg is in mm.
+
+Damaged data is refused rather than read as zeros: before SimpleITK reads a file, its voxel stream is read
+to the end (:mod:`VesselSegLib.io.layout`: gzip CRC and length, the byte count the header promises), and
+NaN/Inf voxels, a sheared (non-orthogonal) grid and NRRD ``space units`` other than mm are dealt with
+explicitly, since SimpleITK zeroes the first in NIfTI, straightens the second in NIfTI and ignores the third.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,14 +24,31 @@ import numpy as np
 import SimpleITK as sitk
 
 from VesselSegLib.io.atomic import atomic_write_path
+from VesselSegLib.io.grid import Grid
+from VesselSegLib.io.layout import (
+    check_voxel_data,
+    damaged,
+    mha_voxel_data,
+    nifti_voxel_data,
+    read_nrrd_layout,
+    refuse_non_finite,
+)
+from VesselSegLib.io.metadata import (
+    MICROMETRE_IN_MM,
+    is_orthogonal,
+    nifti_sform_is_sheared,
+    nrrd_unit_in_mm,
+    refuse_sheared,
+    tiff_spacing_xyz_mm,
+)
 
 logger = logging.getLogger(__name__)
 
-SIMPLEITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+SIMPLEITK_SUFFIXES = (*NIFTI_SUFFIXES, *NRRD_SUFFIXES, ".mha", ".mhd")
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 SUPPORTED_SUFFIXES = SIMPLEITK_SUFFIXES + TIFF_SUFFIXES
-MICROMETRE_IN_MM = 1e-3
-_LENGTH_UNIT_IN_MM = {"µm": 1e-3, "um": 1e-3, "micron": 1e-3, "nm": 1e-6, "mm": 1.0, "cm": 10.0, "m": 1e3}
 
 
 @dataclass
@@ -53,6 +76,11 @@ class Volume:
     def spacing_zyx(self) -> tuple[float, float, float]:
         """Voxel size in mm in array-axis order."""
         return tuple(float(s) for s in reversed(self.spacing_xyz))
+
+    @property
+    def grid(self) -> Grid:
+        """The volume's physical grid (shape, spacing, origin, direction), to compare with another's."""
+        return Grid(self.array.shape, self.spacing_xyz, self.origin_xyz, np.asarray(self.direction).ravel())
 
     def with_array(self, array: np.ndarray) -> Volume:
         """A volume with another array (e.g. a label map) on this exact grid."""
@@ -90,41 +118,74 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _looks_like_dicom(folder: Path) -> bool:
+    # A few files suffice: DICOM series are folders (and subfolders) of many small files.
+    for item in itertools.islice((p for p in folder.rglob("*") if p.is_file()), 20):
+        if item.suffix.lower() == ".dcm" or item.name.upper() == "DICOMDIR":
+            return True
+        try:
+            with open(item, "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":  # the DICOM Part 10 preamble
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def require_volume_file(path: Path) -> None:
+    """Raise a one-line ValueError unless ``path`` is an existing file (a folder gets its own message)."""
+    if path.is_dir():
+        hint = (
+            "; for a DICOM series, convert it to NIfTI or NRRD first (e.g. with dcm2niix, or load it in "
+            "3D Slicer's DICOM module and save it as .nrrd)"
+            if _looks_like_dicom(path)
+            else ""
+        )
+        raise ValueError(
+            f"{path} is a folder, not a volume file; give a .nii.gz, .nrrd, .mha or .tif file{hint}."
+        )
+    if not path.is_file():
+        raise ValueError(f"Input file {path} does not exist; check the path.")
+
+
 def read_volume(
     path: str | os.PathLike,
     *,
     spacing_xyz: tuple[float, float, float] | None = None,
     metadata_path: str | os.PathLike | None = None,
 ) -> Volume:
-    """Read a 3D volume from NIfTI, NRRD, MHA or a multi-page TIFF stack.
+    """Read a 3D volume from NIfTI, NRRD, MHA or a multi-page TIFF stack, refusing damaged data.
 
     Parameters
     ----------
     path : path
     spacing_xyz : 3 floats, optional
-        Voxel size in mm; overrides what the file says (required for TIFF stacks without metadata).
+        Voxel size in mm (X, Y, Z); overrides what the file says (required for TIFF stacks without
+        metadata).
     metadata_path : path, optional
         A side-car OME-XML file giving a TIFF stack's PhysicalSizeX/Y/Z.
+
+    Returns
+    -------
+    Volume
+        ``array`` of shape (Z, Y, X) with the file's data type; spacing in mm, origin and direction in LPS.
+        ``volume.grid`` gives the :class:`~VesselSegLib.io.grid.Grid` to compare with another volume's.
 
     Raises
     ------
     ValueError
-        Missing file, unsupported format, unreadable content, or a stack that is not 3D.
+        One line naming the problem and the fix: a missing file or a folder, an unsupported format,
+        unreadable content, data cut short or with a bad checksum ("... is truncated or damaged"), NaN or
+        Inf voxels, a sheared (non-orthogonal) voxel grid, NRRD space units that are not lengths, or a
+        stack that is not 3D.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Input file {path} does not exist; check the path.")
+    require_volume_file(path)
     suffix = _suffix(path)
     if suffix in TIFF_SUFFIXES:
         volume = _read_tiff(path, metadata_path, spacing_given=spacing_xyz is not None)
     elif suffix in SIMPLEITK_SUFFIXES:
-        try:
-            volume = Volume.from_sitk(sitk.ReadImage(str(path)))
-        except RuntimeError as error:
-            first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-            raise ValueError(
-                f"Cannot read {path}: {first_line}. Is the file complete and in a supported format?"
-            ) from None
+        volume = _read_with_sitk(path, suffix)
     else:
         raise ValueError(
             f"Unsupported file type {suffix!r} for {path.name}; use one of {', '.join(SUPPORTED_SUFFIXES)}."
@@ -136,15 +197,48 @@ def read_volume(
     return volume
 
 
-def _ome_physical_sizes_mm(xml: str) -> dict[str, float]:
-    sizes: dict[str, float] = {}
-    for axis in "XYZ":
-        match = re.search(rf'PhysicalSize{axis}\s*=\s*"([0-9.eE+-]+)"', xml)
-        if match:
-            unit_match = re.search(rf'PhysicalSize{axis}Unit\s*=\s*"([^"]+)"', xml)
-            unit = unit_match.group(1) if unit_match else "µm"  # OME's default unit
-            sizes[axis] = float(match.group(1)) * _LENGTH_UNIT_IN_MM.get(unit, MICROMETRE_IN_MM)
-    return sizes
+def _sitk_read(path: Path) -> Volume:
+    try:
+        return Volume.from_sitk(sitk.ReadImage(str(path)))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        raise ValueError(
+            f"Cannot read {path}: {first_line}. Is the file complete and in a supported format?"
+        ) from None
+
+
+def _nifti_image(path: Path):
+    import nibabel
+
+    try:
+        return nibabel.load(str(path))  # the header only: voxels are read on demand
+    except Exception as error:  # nibabel raises many types for a cut or garbled header
+        raise damaged(path.name, f"its NIfTI header cannot be read: {error}") from None
+
+
+def _read_with_sitk(path: Path, suffix: str) -> Volume:
+    """NIfTI, NRRD or MetaImage: the voxel stream is checked first, then SimpleITK reads the file."""
+    hidden_non_finite = None  # SimpleITK's NIfTI reader turns NaN/Inf into 0: count them in the file
+    unit_in_mm = 1.0
+    if suffix in NIFTI_SUFFIXES:
+        image = _nifti_image(path)
+        if nifti_sform_is_sheared(image.header):  # ITK would silently read the orthogonal qform instead
+            refuse_sheared(image.header.get_sform()[:3, :3], path.name)
+        hidden_non_finite = check_voxel_data(nifti_voxel_data(path, image), path.name)
+    elif suffix in NRRD_SUFFIXES:
+        layout = read_nrrd_layout(path)
+        unit_in_mm = nrrd_unit_in_mm(layout.header, path.name)
+        if (data := layout.voxel_data()) is not None:
+            check_voxel_data(data, path.name)
+    elif (data := mha_voxel_data(path)) is not None:
+        check_voxel_data(data, path.name)
+    volume = _sitk_read(path)
+    if unit_in_mm != 1.0:  # ITK ignores NRRD space units: lengths in um would be taken for mm
+        volume.spacing_xyz = tuple(float(s) * unit_in_mm for s in volume.spacing_xyz)
+        volume.origin_xyz = tuple(float(o) * unit_in_mm for o in volume.origin_xyz)
+    refuse_sheared(volume.direction, path.name)
+    refuse_non_finite(path.name, volume.array, count=hidden_non_finite)
+    return volume
 
 
 def _read_tiff(path: Path, metadata_path: str | os.PathLike | None, *, spacing_given: bool = False) -> Volume:
@@ -153,10 +247,7 @@ def _read_tiff(path: Path, metadata_path: str | os.PathLike | None, *, spacing_g
     try:
         with tifffile.TiffFile(str(path)) as tiff:
             array = tiff.series[0].asarray()
-            ome_xml = tiff.ome_metadata if tiff.is_ome else None
-            imagej = tiff.imagej_metadata if tiff.is_imagej else None
-            x_resolution = tiff.pages[0].tags.get("XResolution")
-            unit_tag = tiff.pages[0].tags.get("ResolutionUnit")
+            spacing, problem = tiff_spacing_xyz_mm(tiff, metadata_path)
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as error:
         raise ValueError(
             f"Cannot read TIFF {path}: {error}. The file is damaged or not a TIFF; LZW-compressed stacks also "
@@ -168,27 +259,15 @@ def _read_tiff(path: Path, metadata_path: str | os.PathLike | None, *, spacing_g
             f"TIFF {path.name} holds an array of shape {array.shape}; VesselSeg needs a 3D (Z, Y, X) stack with "
             "one channel. Split channels or time points first (e.g. in Fiji)."
         )
-    sizes: dict[str, float] = {}
-    if metadata_path is not None:
-        sizes = _ome_physical_sizes_mm(Path(metadata_path).read_text(errors="replace"))
-    elif ome_xml:
-        sizes = _ome_physical_sizes_mm(ome_xml)
-    elif imagej and "spacing" in imagej and x_resolution is not None:
-        numerator, denominator = x_resolution.value
-        unit = str(imagej.get("unit", "micron")).replace("\\u00B5", "µ")
-        to_mm = _LENGTH_UNIT_IN_MM.get(unit, MICROMETRE_IN_MM)
-        pixel = denominator / numerator * to_mm if numerator else None
-        if pixel and unit_tag is not None and int(unit_tag.value) == 1:
-            sizes = {"X": pixel, "Y": pixel, "Z": float(imagej["spacing"]) * to_mm}
-    if len(sizes) == 3:
-        spacing = (sizes["X"], sizes["Y"], sizes["Z"])
-    else:
+    refuse_non_finite(path.name, array)
+    if spacing is None:
         spacing = (MICROMETRE_IN_MM,) * 3
         if not spacing_given:  # the caller's spacing replaces it: nothing to warn about
             logger.warning(
-                "TIFF %s has no voxel size in its metadata; assuming 1 um isotropic. Pass the real spacing "
-                "in mm (e.g. --spacing 0.000994 0.000994 0.005 on the command line).",
+                "TIFF %s has no voxel size in its metadata (%s); assuming 1 um isotropic. Pass the real "
+                "spacing in mm (e.g. --spacing 0.000994 0.000994 0.005 on the command line).",
                 path.name,
+                problem,
             )
     return Volume(array=array, spacing_xyz=spacing)
 
@@ -205,6 +284,12 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     suffix = _suffix(path)
     if suffix not in SUPPORTED_SUFFIXES or suffix in (".nhdr", ".mhd"):
         raise ValueError(f"Cannot write {path.name}: use .nii.gz, .nii, .nrrd, .mha or .tif.")
+    if suffix in NIFTI_SUFFIXES and not is_orthogonal(volume.direction):
+        # ITK would write the nearest orthogonal axes, with a console warning only.
+        raise ValueError(
+            f"Cannot write {path.name}: the voxel grid is sheared (non-orthogonal axes), which NIfTI output "
+            "would straighten; write .nrrd or .mha, which keep it."
+        )
     with atomic_write_path(path, suffix=suffix) as temporary:
         if suffix in TIFF_SUFFIXES:
             import tifffile

@@ -104,8 +104,9 @@ class SegmentationMethod(Protocol):
     output_scale_zyx: tuple[int, int, int]
     supports_streaming: bool
 
-    def training_spacing_zyx(self) -> tuple[float, float, float] | None:
-        """Voxel size (mm) of the data it was trained on; None when it has none (filters, mixed data)."""
+    def training_spacing_zyx(self, modality: str) -> tuple[float, float, float] | None:
+        """Voxel size (mm) of the data it was trained on for inputs of ``modality``; None when it has none
+        (filters, mixed data)."""
         ...
 
     def predict(
@@ -172,8 +173,8 @@ class MethodBase:
         self.entry = entry
         self.registry = registry
 
-    def training_spacing_zyx(self) -> tuple[float, float, float] | None:
-        return self.entry.spacing_mm_zyx
+    def training_spacing_zyx(self, modality: str) -> tuple[float, float, float] | None:
+        return self.entry.training_spacing_for(modality)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.entry.name!r})"

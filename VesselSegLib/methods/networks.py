@@ -44,8 +44,8 @@ class NetworkEnsemble(MethodBase):
             self.members[member.name] = (member_entry, (*classes, class_name))
         self.supports_streaming = entry.kind == "network"
 
-    def training_spacing_zyx(self):
-        spacings = {member.spacing_mm_zyx for member, _ in self.members.values()}
+    def training_spacing_zyx(self, modality: str):
+        spacings = {member.training_spacing_for(modality) for member, _ in self.members.values()}
         return spacings.pop() if len(spacings) == 1 else None
 
     @property

@@ -11,7 +11,7 @@ from VesselSegLib.methods.base import MethodBase, MethodImages, MethodPrediction
 class VesselnessFilter(MethodBase):
     """Registry kind ``"vesselness"``: Frangi's filter at the preset's scales, triangle threshold by default."""
 
-    def training_spacing_zyx(self):
+    def training_spacing_zyx(self, modality: str):
         return None  # scales are set in voxels of each volume: nothing to resample to
 
     def predict(self, images: MethodImages, plan, *, device, progress=None, cancel=None) -> MethodPrediction:

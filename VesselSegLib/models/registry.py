@@ -13,7 +13,8 @@ Each entry names a method the user can pick (in Slicer's Method panel or ``vesse
       "modalities": ["TOF-MRA", "SWI", "2PM"],
       "default_for": ["TOF-MRA"],           # presets for which this is the default method
       "vessel_classes": ["artery", "vein", "micro"],  # one network output channel each, in order
-      "spacing_mm_zyx": [0.8, 0.5, 0.5],    # voxel size of the training data
+      "spacing_mm_zyx": [0.8, 0.5, 0.5],    # training voxel size (or {"TOF-MRA": [...], ...}); inputs
+                                            # further off than the policy's tolerance are resampled to it
       "normalisation": "preset",            # intensity normalisation: the modality preset's
       "patch_size_zyx": [64, 128, 128], "overlap": 0.25, "thresholds": {"artery": 0.5, ...}
     }
@@ -67,7 +68,9 @@ class ModelEntry:
     arguments: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     sha256: str | None = None
-    spacing_mm_zyx: tuple[float, float, float] | None = None
+    spacing_mm_zyx: tuple[float, float, float] | dict[str, tuple[float, float, float]] | None = None
+    """Voxel size of the training data (mm, Z Y X): one for all modalities, or per modality; a modality not
+    named (or None) was trained at mixed sizes, and inputs are not resampled for it."""
     patch_size_zyx: tuple[int, int, int] | None = None
     overlap: float = 0.25
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -78,6 +81,12 @@ class ModelEntry:
     settings: dict[str, Any] = field(default_factory=dict)
     """Method-specific settings (e.g. an adaptation's learning rate), read by the method's class."""
     directory: Path = field(default_factory=Path)
+
+    def training_spacing_for(self, modality: str) -> tuple[float, float, float] | None:
+        """The training voxel size (mm, Z Y X) for inputs of ``modality``, or None when there is none."""
+        if isinstance(self.spacing_mm_zyx, dict):
+            return self.spacing_mm_zyx.get(modality)
+        return self.spacing_mm_zyx
 
     @property
     def input_modality(self) -> str:
@@ -135,6 +144,15 @@ class ModelEntry:
         )
 
 
+def _training_spacing(value):
+    """``spacing_mm_zyx`` of an entry: None, 3 numbers, or modality -> 3 numbers."""
+    if not value:
+        return None
+    if isinstance(value, dict):
+        return {str(modality): tuple(float(s) for s in spacing) for modality, spacing in value.items()}
+    return tuple(float(s) for s in value)
+
+
 def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
     try:
         entry = ModelEntry(
@@ -148,7 +166,7 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
             arguments=dict(raw.get("arguments", {})),
             weights=raw.get("weights"),
             sha256=raw.get("sha256"),
-            spacing_mm_zyx=tuple(raw["spacing_mm_zyx"]) if raw.get("spacing_mm_zyx") else None,
+            spacing_mm_zyx=_training_spacing(raw.get("spacing_mm_zyx")),
             patch_size_zyx=tuple(raw["patch_size_zyx"]) if raw.get("patch_size_zyx") else None,
             overlap=float(raw.get("overlap", 0.25)),
             thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
