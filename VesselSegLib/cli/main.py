@@ -260,7 +260,7 @@ def _write_segment_outputs(args, staging: Path, inputs, outputs) -> dict:
         )
         files["probabilities"][name] = path.name
     mask = None if inputs.mask is None else inputs.mask.array > 0
-    normalized = normalize_intensity(inputs.image.array, args.modality, mask)
+    normalized = normalize_intensity(inputs.image.array, outputs.result.modality, mask)
     for axis, factor in enumerate(result.output_scale_zyx):  # the preview shows the class map's grid
         normalized = normalized.repeat(factor, axis) if factor != 1 else normalized
     write_preview(
@@ -408,14 +408,14 @@ def _say(line: str) -> None:
         _silence(sys.stderr)
 
 
-def _finish(signals) -> None:
+def _finish(signals, exiting: bool) -> None:
     """Remove any staging folder still pending (an exception between staging and its discard), then restore
-    the signal handlers."""
+    the signal handlers (``exiting``, after a signal: ignore more of them until the process ends)."""
     staging = sys.modules.get("VesselSegLib.io.output_folder")
     if staging is not None:
         staging.discard_uncommitted()
     if signals is not None:
-        signals.exit()
+        signals.exit(ignore_late_signals=exiting)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -463,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.mask = args.mask or sample_data_dir() / SAMPLE_MASK_NAME
         summary = run_segment(args)
         out = args.out.expanduser().absolute()
-        volumes = ", ".join(f"{k} {v:.1f} mm3" for k, v in summary["volume_mm3"].items())
+        volumes = ", ".join(f"{k} {v:.4g} mm3" for k, v in summary["volume_mm3"].items())
         print(f"Wrote {out} ({summary['method']}, {summary['run_time_s']['total']:.1f} s): {volumes}")
         return 0
     except (KeyboardInterrupt, SegmentationCancelled):
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"vesselseg: error: {staging.describe_os_error(error) if staging else error}")
         return 1
     finally:
-        _finish(signals)
+        _finish(signals, exiting=argv is None)  # argv None: the command itself, not a caller in-process
 
 
 if __name__ == "__main__":

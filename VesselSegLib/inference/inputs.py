@@ -16,25 +16,8 @@ import numpy as np
 from VesselSegLib.io.volume import Volume
 from VesselSegLib.preprocessing.validation import validate_image, validate_mask
 
-#: Largest difference (mm, or direction cosine) between two grids' spacing, origin or direction for them
-#: to count as the same grid.
+#: Largest relative difference between two grids for them to count as the same (``Grid.same_as``).
 GRID_TOLERANCE = 1e-4
-
-
-def grid_difference(volume: Volume, other: Volume) -> str | None:
-    """How ``other``'s grid differs from ``volume``'s (a phrase for a message), or None when they match."""
-    if tuple(other.array.shape) != tuple(volume.array.shape):
-        return f"shape {tuple(other.array.shape)} vs {tuple(volume.array.shape)} (Z, Y, X)"
-    pairs = (
-        ("spacing", other.spacing_xyz, volume.spacing_xyz, "mm"),
-        ("origin", other.origin_xyz, volume.origin_xyz, "mm"),
-        ("direction", np.ravel(other.direction), np.ravel(volume.direction), ""),
-    )
-    for what, theirs, ours, unit in pairs:
-        if np.max(np.abs(np.subtract(theirs, ours))) > GRID_TOLERANCE:
-            rounded = lambda values: tuple(round(float(v), 6) for v in values)  # noqa: E731
-            return f"{what} {rounded(theirs)} vs {rounded(ours)}{(' ' + unit) if unit else ''}"
-    return None
 
 
 @dataclass
@@ -68,8 +51,8 @@ class SegmentationInputs:
         return self.names.get(role, {"image": "input volume", "mask": "brain mask"}.get(role, role))
 
     def _check_grid(self, volume: Volume, role: str) -> None:
-        difference = grid_difference(self.image, volume)
-        if difference is not None:
+        if not volume.grid.same_as(self.image.grid, GRID_TOLERANCE):
+            difference = volume.grid.describe_difference(self.image.grid, GRID_TOLERANCE)
             raise ValueError(
                 f"The {self.name(role)} is not on the input volume's grid ({difference}); resample it onto the "
                 "input first (e.g. Slicer's 'Resample Image (BRAINS)' with the input as reference)."
@@ -105,6 +88,7 @@ class SegmentationInputs:
 
     def check(self, companion_modalities=()) -> None:
         """Check everything up front, before any long work (the driver calls it first)."""
+        self.checked_image()
         self.checked_mask()
         for modality in self.companions:
             self.checked_companion(modality)
@@ -114,4 +98,4 @@ class SegmentationInputs:
         self.checked_reference()
 
 
-__all__ = ["GRID_TOLERANCE", "SegmentationInputs", "grid_difference"]
+__all__ = ["GRID_TOLERANCE", "SegmentationInputs"]

@@ -1,9 +1,10 @@
 """Segment a stack larger than memory from a file into a folder: probabilities and a class map, tile by tile.
 
 This is ``vesselseg stream``. It chains :mod:`VesselSegLib.inference.streaming` (tiles read from disk, the
-network run on each, the tile cores written to a ``.npy`` on disk) with a second pass that thresholds the
-probabilities slab by slab into a class map written as a raw NRRD, which 3D Slicer, SimpleITK and Fiji open
-directly. Neither the input, the probabilities nor the class map is ever whole in memory.
+network run on each, the tile cores written to a ``.npy`` on disk) and thresholds each tile core's float32
+probabilities into a class map written as a raw NRRD on the input's grid (origin and direction kept), which
+3D Slicer, SimpleITK and Fiji open directly. Neither the input, the probabilities nor the class map is ever
+whole in memory. With ``min_component_mm3=0`` the class map is voxel for voxel that of ``vesselseg segment``.
 
 What it leaves out, compared with ``vesselseg segment``: the MRML scene, 3D models, the preview and the
 removal of small components (each needs the whole class map in memory). Run ``segment`` on a crop or on
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from VesselSegLib.errors import SegmentationCancelled
 from VesselSegLib.inference.sliding_window import CancelCheck, ProgressCallback, resolve_device
 from VesselSegLib.inference.streaming import (
     DEFAULT_TILE_SIZE_ZYX,
@@ -37,10 +37,6 @@ from VesselSegLib.preprocessing import get_preset
 from VesselSegLib.request import SegmentationPlan
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME, VESSEL_CLASSES
 
-#: Z slices thresholded at a time when writing the class map (C x 16 x Y x X float16 in memory).
-CLASS_MAP_SLAB_SLICES = 16
-#: Patch for registry entries that name none (the 2PM V-Net's training patch is thinner; see its card).
-DEFAULT_STREAM_PATCH_ZYX = (64, 128, 128)
 
 
 def write_raw_nrrd_header(
@@ -104,47 +100,36 @@ def write_raw_nrrd_header(
     return len(header)
 
 
-def _write_class_map(
-    probabilities_path: Path,
-    labels_path: Path,
-    class_names: Sequence[str],
-    *,
-    spacing_zyx: Sequence[float],
-    thresholds: Mapping[str, float] | None,
-    cancel: CancelCheck | None,
-    origin_xyz: Sequence[float] = (0.0, 0.0, 0.0),
-    direction: np.ndarray | None = None,
-) -> dict[str, int]:
-    """Threshold the streamed probabilities slab by slab into a raw uint8 NRRD; voxels per class.
+class _ClassMapWriter:
+    """The class map as a raw uint8 NRRD on the input's grid, filled tile core by tile core.
 
-    ``origin_xyz`` and ``direction`` (LPS, the input's) place the class map on the input's grid.
+    Each core is thresholded from the network's float32 probabilities (``on_tile_core`` of
+    :func:`~VesselSegLib.inference.streaming.stream_segment_probabilities`), exactly as ``vesselseg segment``
+    thresholds the whole volume, whatever type ``probabilities.npy`` is stored in. Small components are not
+    removed (that needs the whole map).
     """
-    probabilities = np.load(probabilities_path, mmap_mode="r")
-    shape = probabilities.shape[1:]
-    offset = write_raw_nrrd_header(
-        labels_path, shape, np.uint8, spacing_zyx, origin_xyz=origin_xyz, direction=direction
-    )
-    with open(labels_path, "r+b") as handle:  # grow the file to its full size before mapping it
-        handle.truncate(offset + math.prod(shape))
-    counts = dict.fromkeys(class_names, 0)
-    channel = {name: index for index, name in enumerate(class_names)}
-    for z0 in range(0, shape[0], CLASS_MAP_SLAB_SLICES):
-        if cancel is not None and cancel():
-            raise SegmentationCancelled("Segmentation cancelled by the user.")
-        z1 = min(z0 + CLASS_MAP_SLAB_SLICES, shape[0])
-        slab = {
-            name: np.asarray(probabilities[channel[name], z0:z1], dtype=np.float32) for name in class_names
-        }
-        class_map = build_class_map(slab, spacing_zyx=spacing_zyx, thresholds=thresholds)
-        labels = np.memmap(labels_path, dtype=np.uint8, mode="r+", offset=offset, shape=tuple(shape))
-        labels[z0:z1] = class_map
+
+    def __init__(self, path: Path, grid: Grid, class_names: Sequence[str], thresholds: Mapping[str, float]):
+        self.path, self.class_names, self.thresholds = path, tuple(class_names), dict(thresholds)
+        self.spacing_zyx = tuple(reversed(grid.spacing_xyz))
+        self.shape = tuple(grid.shape_zyx)
+        self.offset = write_raw_nrrd_header(
+            path, self.shape, np.uint8, self.spacing_zyx, origin_xyz=grid.origin_xyz, direction=grid.direction
+        )
+        with open(path, "r+b") as handle:  # grow the file to its full size before mapping it
+            handle.truncate(self.offset + math.prod(self.shape))
+        self.counts = dict.fromkeys(self.class_names, 0)
+
+    def __call__(self, core: tuple[slice, slice, slice], probabilities: np.ndarray) -> None:
+        maps = {name: probabilities[index] for index, name in enumerate(self.class_names)}
+        class_map = build_class_map(maps, spacing_zyx=self.spacing_zyx, thresholds=self.thresholds)
+        labels = np.memmap(self.path, dtype=np.uint8, mode="r+", offset=self.offset, shape=self.shape)
+        labels[core] = class_map
         labels.flush()
         del labels  # unmapped: written pages belong to the file cache, not to this process
         per_label = np.bincount(class_map.ravel(), minlength=len(VESSEL_CLASSES) + 1)
-        for name in class_names:
-            counts[name] += int(per_label[VESSEL_CLASS_BY_NAME[name].label_value])
-    del probabilities
-    return counts
+        for name in self.class_names:
+            self.counts[name] += int(per_label[VESSEL_CLASS_BY_NAME[name].label_value])
 
 
 def segment_large_volume(
@@ -257,6 +242,8 @@ def segment_large_volume(
             volume_shape_zyx=source.shape,
             size_divisor_zyx=divisor,
         )
+        thresholds = plan.thresholds_for(entry)
+        class_map = _ClassMapWriter(output_dir / "labels.nrrd", grid, entry.vessel_classes, thresholds)
         stream_segment_probabilities(
             network,
             source,
@@ -269,23 +256,12 @@ def segment_large_volume(
             device=str(resolved_device),
             output_dtype=output_dtype,
             mixed_precision=request.precision == "auto",
+            on_tile_core=class_map,
             progress=progress,
             cancel=cancel,
         )
         timings["inference"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    thresholds = plan.thresholds_for(entry)
-    counts = _write_class_map(
-        output_dir / "probabilities.npy",
-        output_dir / "labels.nrrd",
-        entry.vessel_classes,
-        spacing_zyx=file_spacing,
-        origin_xyz=grid.origin_xyz,
-        direction=grid.direction_matrix,
-        thresholds=thresholds,
-        cancel=cancel,
-    )
-    timings["class_map"] = time.perf_counter() - tick
+    counts = class_map.counts
     kept = tuple(name for name in entry.vessel_classes if name in plan.vessel_classes)
     return {
         "grid": grid,
@@ -321,4 +297,4 @@ def segment_large_volume(
     }
 
 
-__all__ = ["CLASS_MAP_SLAB_SLICES", "segment_large_volume", "write_raw_nrrd_header"]
+__all__ = ["segment_large_volume", "write_raw_nrrd_header"]

@@ -76,6 +76,8 @@ class SegmentationResult:
     device: str
     seconds: float
     spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    modality: str = "TOF-MRA"
+    """The input's modality preset (canonical name)."""
     output_scale_zyx: tuple[int, int, int] = (1, 1, 1)
     thresholds: dict[str, float] = field(default_factory=dict)
     """The threshold each class map was cut at (the method's, overridden by the request's)."""
@@ -365,6 +367,7 @@ def run_segmentation(
         device=prediction.device,
         seconds=time.perf_counter() - started,
         spacing_zyx=output_spacing,
+        modality=request.modality,
         output_scale_zyx=scale,
         thresholds=dict(prediction.thresholds),
         timings=timings,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -464,6 +464,7 @@ def stream_segment_probabilities(
     blend_mode: str = "gaussian",
     mixed_precision: bool = True,
     output_dtype: str = "float16",
+    on_tile_core: Callable[[tuple[slice, slice, slice], np.ndarray], None] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Path:
@@ -513,6 +514,10 @@ def stream_segment_probabilities(
         float16 (default): 2 bytes per voxel and class, relative error below 2**-11 (0.0005), readable by any
         NumPy. uint8: 1 byte, ``round(255 p)``, absolute error up to 1/510, enough for thresholding at 0.5.
         float32: 4 bytes, bit for bit what ``predict_probabilities`` returns.
+    on_tile_core : callable(core slices (Z, Y, X), probabilities (C, z, y, x) float32), optional
+        Called with each tile core's full-precision probabilities before they are cast to ``output_dtype``
+        (``vesselseg stream`` thresholds them into the class map there, so that a float16 file does not
+        change any voxel of the class map).
     progress : callable(fraction, message), optional
         Fraction of all windows done.
     cancel : callable() -> bool, optional
@@ -590,7 +595,10 @@ def stream_segment_probabilities(
                 cancel=cancel,
             )
             del image
-            core = _to_output(probabilities[(slice(None), *tile.core_in_read)], output_dtype)
+            core = probabilities[(slice(None), *tile.core_in_read)]
+            if on_tile_core is not None:
+                on_tile_core(tile.core, core)
+            core = _to_output(core, output_dtype)
             del probabilities
             mode = "r+" if created else "w+"
             out_shape = (core.shape[0], *shape)

@@ -31,6 +31,7 @@ Failures of the file system (no space, permission denied, read-only) become one-
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
 import json
@@ -427,7 +428,11 @@ def _rename_noreplace_portably(source: str | os.PathLike, target: str | os.PathL
 
 # ------------------------------------------------------------------------------------------------ signals
 
-_RAISE, _DEFER, _IGNORE = "raise", "defer", "ignore"
+_RAISE, _STOPPING, _DEFER, _IGNORE = "raise", "stopping", "defer", "ignore"
+# After a signal has been raised, more signals within this many seconds are ignored (a second quick Ctrl+C
+# cannot interrupt the cleanup the first one started); a later one raises again, in case the first exception
+# was swallowed by some library.
+STOPPING_GRACE_S = 3.0
 _CAUGHT_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
@@ -436,6 +441,7 @@ _CAUGHT_SIGNALS = tuple(
 class _SignalState:
     depth = 0
     mode = _RAISE
+    stopped_at = 0.0
     pending: list[int] = []
     previous: dict[int, object] = {}
 
@@ -447,14 +453,21 @@ def _signal_exception(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else TerminatedBySignal(signum)
 
 
+def _raise_for(signum: int):
+    state = _SIGNALS
+    state.mode, state.stopped_at = _STOPPING, time.monotonic()
+    raise _signal_exception(signum)
+
+
 def _on_signal(signum: int, frame) -> None:
     state = _SIGNALS
-    if state.mode == _RAISE:
-        state.mode = _IGNORE  # once: the cleanup that the exception triggers cannot be interrupted again
-        raise _signal_exception(signum)
-    if state.mode == _DEFER:
+    if state.mode == _RAISE or (
+        state.mode == _STOPPING and time.monotonic() - state.stopped_at > STOPPING_GRACE_S
+    ):
+        _raise_for(signum)
+    elif state.mode == _DEFER:
         state.pending.append(signum)
-    # _IGNORE: already stopping
+    # _IGNORE (cleaning up), or _STOPPING within the grace time: the cleanup runs to its end
 
 
 def _in_main_thread() -> bool:
@@ -463,10 +476,10 @@ def _in_main_thread() -> bool:
 
 class SignalsAsExceptions:
     """While entered (main thread only; re-entrant), SIGINT raises ``KeyboardInterrupt`` and SIGTERM/SIGHUP
-    :class:`TerminatedBySignal`, the first time: later signals are ignored until the outermost exit, so that
-    cleanup runs to the end. Signals the process ignores (``nohup``, background jobs) stay ignored. The
-    previous handlers are restored on the outermost exit. Use as ``with SignalsAsExceptions():`` or with
-    :meth:`enter`/:meth:`exit`."""
+    :class:`TerminatedBySignal` in the main thread. Signals arriving within :data:`STOPPING_GRACE_S` of the
+    one raised, or while a staging folder is being removed, are ignored, so that the cleanup runs to its end.
+    Signals the process ignores (``nohup``, background jobs) stay ignored. The previous handlers are
+    restored on the outermost exit. Use as ``with SignalsAsExceptions():`` or with :meth:`enter`/:meth:`exit`."""
 
     def __init__(self) -> None:
         self._entered = False
@@ -490,16 +503,21 @@ class SignalsAsExceptions:
         self._entered = True
         return self
 
-    def exit(self) -> None:
+    def exit(self, *, ignore_late_signals: bool = False) -> None:
+        """Leave; on the outermost exit restore the previous handlers, or, with ``ignore_late_signals`` and
+        after a signal was raised, ignore those signals (a process about to exit: a second Ctrl+C must not
+        turn its one-line message into a traceback)."""
         if not self._entered:
             return
         self._entered = False
         state = _SIGNALS
         state.depth -= 1
         if state.depth == 0:
+            stopping = ignore_late_signals and state.mode == _STOPPING
             for signum, previous in state.previous.items():
+                handler = signal.SIG_IGN if stopping else previous if previous is not None else signal.SIG_DFL
                 with suppress(ValueError, OSError, TypeError):
-                    signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+                    signal.signal(signum, handler)
             state.previous, state.pending, state.mode = {}, [], _RAISE
 
     def __enter__(self) -> SignalsAsExceptions:
@@ -526,8 +544,7 @@ def _signal_mode(mode: str, *, deliver: bool = False) -> Iterator[None]:
         if state.mode == mode:
             state.mode = previous_mode
         if deliver and pending and state.mode == _RAISE:
-            state.mode = _IGNORE
-            raise _signal_exception(pending[0])
+            _raise_for(pending[0])
 
 
 # ------------------------------------------------------------------------------------------------ locking
@@ -650,9 +667,14 @@ _UNCOMMITTED: dict[int, StagedOutputFolder] = {}
 
 def discard_uncommitted() -> None:
     """Remove every staging folder of this process that was neither committed nor discarded (the command
-    line's last safety net, e.g. after an exception between staging and the code that would discard it)."""
+    line's last safety net, e.g. after an exception between staging and the code that would discard it).
+    Also run at interpreter exit: a ``sys.exit`` from a C++ callback (VTK exits on Ctrl+C in an observer)
+    skips ``finally`` blocks but not ``atexit``."""
     for staged in list(_UNCOMMITTED.values()):
         staged.discard()
+
+
+atexit.register(discard_uncommitted)
 
 
 class StagedOutputFolder:
