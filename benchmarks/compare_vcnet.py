@@ -29,6 +29,7 @@ from VesselSegLib.metrics import evaluate_binary
 from VesselSegLib.models.registry import ModelRegistry
 from VesselSegLib.models.unet3d import count_parameters
 from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.request import SegmentationRequest
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 
 TEST_SEEDS = (5001, 5002, 5003, 5004)  # disjoint from training (1000+, 2000+) and validation (9000+) seeds
@@ -52,12 +53,8 @@ def score(method: str, modality: str, class_name: str, registry: ModelRegistry, 
         result = segment_image(
             case.image,
             case.spacing_zyx,
-            modality=modality,
-            method=method,
+            SegmentationRequest(modality=modality, method=method, overlap=overlap, device="cpu"),
             brain_mask=case.brain_mask,
-            overlap=overlap,
-            keep_probabilities=False,
-            device="cpu",
             registry=registry,
         )
         scores = evaluate_binary(result.class_map == label, case.class_map == label, case.spacing_zyx)
@@ -71,12 +68,8 @@ def seconds_per_volume(method: str, modality: str, registry: ModelRegistry, over
     segment_image(
         case.image,
         case.spacing_zyx,
-        modality=modality,
-        method=method,
+        SegmentationRequest(modality=modality, method=method, overlap=overlap, device="cpu"),
         brain_mask=case.brain_mask,
-        overlap=overlap,
-        keep_probabilities=False,
-        device="cpu",
         registry=registry,
     )
     return time.perf_counter() - started
@@ -90,12 +83,9 @@ def seconds_for_vcnet_ensemble(registry: ModelRegistry) -> float:
     segment_image(
         tof.image,
         tof.spacing_zyx,
-        modality="TOF-MRA",
-        method="vcnet",
+        SegmentationRequest(modality="TOF-MRA", method="vcnet", companion_modalities=("SWI",), device="cpu"),
         brain_mask=swi.brain_mask,
         companion_images={"SWI": swi.image},
-        keep_probabilities=False,
-        device="cpu",
         registry=registry,
     )
     return time.perf_counter() - started

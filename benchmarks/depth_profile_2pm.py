@@ -20,6 +20,7 @@ import numpy as np
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.metrics import dice
 from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.request import MicroscopyOptions, SegmentationRequest
 from VesselSegLib.vessel_classes import VESSEL_CLASSES
 
 
@@ -38,10 +39,9 @@ def main() -> None:
         result = segment_image(
             image,
             case.spacing_zyx,
-            modality="2PM",
-            method=args.method,
-            device="cpu",
-            microscopy_preprocessing=options,
+            SegmentationRequest(
+                modality="2PM", method=args.method, device="cpu", microscopy=MicroscopyOptions(**(options or {}))
+            ),
         )
         predicted = result.class_map > 0
         seconds = time.perf_counter() - tick

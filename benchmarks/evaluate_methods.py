@@ -23,6 +23,7 @@ from VesselSegLib.io import read_volume
 from VesselSegLib.metrics import evaluate_class_maps
 from VesselSegLib.models.registry import ModelRegistry
 from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.request import SegmentationRequest
 from VesselSegLib.resources import vesselnn_dir
 
 # Disjoint from the training (1000+, 2000+, 3000+) and validation (9000+) seeds of trainer/configs.
@@ -44,11 +45,8 @@ def evaluate_phantoms(method: str, registry: ModelRegistry) -> dict[str, dict[st
         result = segment_image(
             case.image,
             case.spacing_zyx,
-            modality="TOF-MRA",
-            method=method,
+            SegmentationRequest(modality="TOF-MRA", method=method, device="cpu"),
             registry=registry,
-            keep_probabilities=False,
-            device="cpu",
         )
         per_case.append(
             evaluate_class_maps(
@@ -74,11 +72,8 @@ def evaluate_vesselnn(method: str, registry: ModelRegistry, root: Path) -> dict[
         result = segment_image(
             image.array,
             image.spacing_zyx,
-            modality="2PM",
-            method=method,
+            SegmentationRequest(modality="2PM", method=method, device="cpu"),
             registry=registry,
-            keep_probabilities=False,
-            device="cpu",
         )
         scores[name] = evaluate_class_maps(
             result.class_map, labels.astype(np.uint8), image.spacing_zyx, class_names=()

@@ -2,7 +2,13 @@
 
 from VesselSegLib.phantoms.cases import MODALITY_DEFAULT_SPACING_ZYX, PhantomCase, make_phantom_case
 from VesselSegLib.phantoms.renderers import render_2pm, render_swi, render_tof_mra
-from VesselSegLib.phantoms.vascular_tree import TubeSegment, VesselTree, make_vessel_tree, rasterize_segments
+from VesselSegLib.phantoms.vascular_tree import (
+    TubeSegment,
+    VesselTree,
+    make_vessel_tree,
+    rasterize_segments,
+    tree_on_grid,
+)
 
 __all__ = [
     "MODALITY_DEFAULT_SPACING_ZYX",
@@ -12,6 +18,7 @@ __all__ = [
     "make_phantom_case",
     "make_vessel_tree",
     "rasterize_segments",
+    "tree_on_grid",
     "render_2pm",
     "render_swi",
     "render_tof_mra",
