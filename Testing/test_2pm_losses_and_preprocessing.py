@@ -20,7 +20,6 @@ from trainer.losses_2pm import (
     class_balanced_bce,
     sobel_total_variation_3d,
 )
-from VesselSegLib.request import MicroscopyOptions
 from VesselSegLib.preprocessing import (
     estimate_intensity_scale,
     median_filter_3d,
@@ -28,6 +27,7 @@ from VesselSegLib.preprocessing import (
     scale_intensity,
     subtract_slice_median,
 )
+from VesselSegLib.request import MicroscopyOptions
 
 TINY = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "tiny_test.toml"
 
@@ -332,5 +332,9 @@ def test_auto_intensity_scale_is_estimated_against_the_model_card_and_leaves_the
         with pytest.raises(ValueError, match=message):
             options = {"intensity_scale": scale}
             segment_image(
-                case.image, case.spacing_zyx, modality="2PM", method=method, microscopy=MicroscopyOptions(**options)
+                case.image,
+                case.spacing_zyx,
+                modality="2PM",
+                method=method,
+                microscopy=MicroscopyOptions(**options),
             )

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from VesselSegLib.errors import SegmentationCancelled
-from VesselSegLib.request import MicroscopyOptions
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.metrics import dice
 from VesselSegLib.models import ModelRegistry, UNet3D, save_checkpoint
 from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.request import MicroscopyOptions
 
 NET_ARGS = {"in_channels": 1, "out_channels": 3, "base_channels": 2, "levels": 2}
 

@@ -315,7 +315,9 @@ def test_logic_runs_the_shipped_vcnet_into_three_coloured_segments(tof_and_swi):
             nodes["tof"],
             maskVolume=nodes["mask"],
             companionVolumes={"SWI": nodes["swi"]},
-            request=SegmentationRequest(modality="TOF-MRA", method="vcnet", device="cpu", create_models=False),
+            request=SegmentationRequest(
+                modality="TOF-MRA", method="vcnet", device="cpu", create_models=False
+            ),
         )
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["swi"]), swi_before)
         segmentation = outputs.segmentationNode.GetSegmentation()

@@ -185,7 +185,8 @@ def main() -> None:
                     "shape_zyx": list(shape),
                     "wall_s": run["wall_s"],
                     "peak_rss_mib": run["peak_rss_mib"],
-                    "bound_mib_without_network": summary["streaming"]["memory_bound_bytes_without_network"] / 2**20,
+                    "bound_mib_without_network": summary["streaming"]["memory_bound_bytes_without_network"]
+                    / 2**20,
                     "tiles": summary["streaming"]["tiles"],
                     "input_mib": path.stat().st_size / 2**20,
                 }

@@ -40,7 +40,10 @@ def main() -> None:
             image,
             case.spacing_zyx,
             SegmentationRequest(
-                modality="2PM", method=args.method, device="cpu", microscopy=MicroscopyOptions(**(options or {}))
+                modality="2PM",
+                method=args.method,
+                device="cpu",
+                microscopy=MicroscopyOptions(**(options or {})),
             ),
         )
         predicted = result.class_map > 0

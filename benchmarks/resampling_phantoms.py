@@ -36,7 +36,9 @@ def main() -> None:
         scores = {True: [], False: []}
         resampled = None
         for seed in args.seeds:
-            tree = tree_on_grid(make_vessel_tree(SHAPE_ZYX, spacing_zyx=MODEL_SPACING_ZYX, seed=seed), spacing)
+            tree = tree_on_grid(
+                make_vessel_tree(SHAPE_ZYX, spacing_zyx=MODEL_SPACING_ZYX, seed=seed), spacing
+            )
             image = render_tof_mra(tree, seed=seed)
             for enabled in (True, False):
                 request = SegmentationRequest(device="cpu", resampling=ResamplingPolicy(enabled=enabled))

@@ -38,7 +38,6 @@ from VesselSegLib.request import SegmentationPlan
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME, VESSEL_CLASSES
 
 
-
 def write_raw_nrrd_header(
     path: Path,
     shape_zyx: Sequence[int],
@@ -132,6 +131,25 @@ class _ClassMapWriter:
             self.counts[name] += int(per_label[VESSEL_CLASS_BY_NAME[name].label_value])
 
 
+def _check_streamable(plan: SegmentationPlan) -> None:
+    """Refuse what needs the whole volume in memory, saying what to use instead."""
+    request, entry = plan.request, plan.entry
+    if not plan.method.supports_streaming:
+        raise ValueError(
+            f"Method {entry.name!r} is a {entry.kind}, which needs the whole volume in memory; stream with a "
+            "single network (vesselseg methods lists them), or use 'vesselseg segment'."
+        )
+    if plan.min_component_mm3 > 0:
+        raise ValueError(
+            "Streaming cannot remove small components (it needs the whole class map); ask for 0."
+        )
+    unsupported = request.microscopy.intensity_scale is not None or request.microscopy.median_size is not None
+    if unsupported:
+        raise ValueError(
+            "Streaming offers only the slice-median subtraction; use 'vesselseg segment' for the rest."
+        )
+
+
 def segment_large_volume(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -178,20 +196,7 @@ def segment_large_volume(
 
     output_dir = Path(output_dir)
     request, entry = plan.request, plan.entry
-    if not plan.method.supports_streaming:
-        raise ValueError(
-            f"Method {entry.name!r} is a {entry.kind}, which needs the whole volume in memory; stream with a "
-            "single network (vesselseg methods lists them), or use 'vesselseg segment'."
-        )
-    if plan.min_component_mm3 > 0:
-        raise ValueError(
-            "Streaming cannot remove small components (it needs the whole class map); ask for 0."
-        )
-    unsupported = request.microscopy.intensity_scale is not None or request.microscopy.median_size is not None
-    if unsupported:
-        raise ValueError(
-            "Streaming offers only the slice-median subtraction; use 'vesselseg segment' for the rest."
-        )
+    _check_streamable(plan)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     with open_volume_lazily(input_path) as stack:

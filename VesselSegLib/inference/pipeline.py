@@ -229,6 +229,73 @@ def _resampled(images: MethodImages, target_spacing_zyx) -> MethodImages:
     )
 
 
+def _adapt_and_predict(plan, images: MethodImages, device: str, timings: dict, progress, cancel):
+    """Adapt (adaptive methods, within their budget), then predict; returns (prediction, adaptation record)."""
+    tick = time.perf_counter()
+    adaptation: dict = {}
+    predict_start = _PREDICT_START
+    if isinstance(plan.method, AdaptiveMethod):
+        budget = plan.request.adaptation_budget_s or plan.method.default_adaptation_budget_s
+        predict_start = (_PREDICT_START + _PREDICT_STOP) / 2
+        adaptation = plan.method.adapt(
+            images,
+            plan,
+            budget_s=budget,
+            device=device,
+            progress=_scaled(progress, _PREDICT_START, predict_start),
+            cancel=cancel,
+        )
+        timings["adapt_s"] = time.perf_counter() - tick
+        _check_cancel(cancel)
+    prediction = plan.method.predict(
+        images, plan, device=device, progress=_scaled(progress, predict_start, _PREDICT_STOP), cancel=cancel
+    )
+    timings["predict_s"] = time.perf_counter() - tick - timings.get("adapt_s", 0.0)
+    return prediction, adaptation
+
+
+def _on_output_grid(
+    prediction, plan, images: MethodImages, model_images: MethodImages, scale, resampled: bool
+):
+    """(probabilities, decisions) on the input's output grid, zero outside the mask.
+
+    The prediction is on the model's grid (times the method's output scale); when the images were resampled,
+    each map is brought back linearly onto the input's exact grid (times the scale).
+    """
+    model_shape = tuple(n * k for n, k in zip(model_images.image.shape, scale, strict=True))
+    output_shape = tuple(n * k for n, k in zip(images.image.shape, scale, strict=True))
+
+    def back(name: str, array: np.ndarray) -> np.ndarray:
+        if array.shape != model_shape:
+            raise RuntimeError(
+                f"{plan.entry.name} returned a {name} map of shape {array.shape}, expected {model_shape}."
+            )
+        if not resampled:
+            return array
+        return resample_to_grid(
+            array,
+            tuple(s / k for s, k in zip(model_images.spacing_zyx, scale, strict=True)),
+            output_shape,
+            tuple(s / k for s, k in zip(images.spacing_zyx, scale, strict=True)),
+            interpolation="linear",
+        )
+
+    probabilities = {name: back(name, array) for name, array in prediction.probabilities.items()}
+    decisions = (
+        probabilities
+        if prediction.decisions is None
+        else {name: back(name, array) for name, array in prediction.decisions.items()}
+    )
+    mask = images.mask
+    if mask is not None:
+        for axis, factor in enumerate(scale):  # nearest neighbour onto a finer output grid
+            mask = mask.repeat(factor, axis) if factor != 1 else mask
+        for maps in (probabilities, decisions):
+            for array in maps.values():
+                array[~mask] = 0.0
+    return probabilities, decisions
+
+
 def run_segmentation(
     inputs: SegmentationInputs,
     request: SegmentationRequest | SegmentationPlan,
@@ -279,7 +346,6 @@ def run_segmentation(
 
     _report(progress, 0.0, f"Normalising ({request.modality})")
     images, preprocessing_record = _normalised_images(inputs, plan, spacing.spacing_zyx, timings)
-    input_shape = images.image.shape
     resampling = plan_resampling(
         images.spacing_zyx, plan.method.training_spacing_zyx(request.modality), request.resampling
     )
@@ -292,61 +358,16 @@ def run_segmentation(
         model_images = images
     _check_cancel(cancel)
 
-    tick = time.perf_counter()
-    adaptation: dict = {}
-    predict_start = _PREDICT_START
-    if isinstance(plan.method, AdaptiveMethod):
-        budget = request.adaptation_budget_s or plan.method.default_adaptation_budget_s
-        predict_start = (_PREDICT_START + _PREDICT_STOP) / 2
-        adaptation = plan.method.adapt(
-            model_images,
-            plan,
-            budget_s=budget,
-            device=device,
-            progress=_scaled(progress, _PREDICT_START, predict_start),
-            cancel=cancel,
-        )
-        timings["adapt_s"] = time.perf_counter() - tick
-        _check_cancel(cancel)
-    prediction = plan.method.predict(
-        model_images,
-        plan,
-        device=device,
-        progress=_scaled(progress, predict_start, _PREDICT_STOP),
-        cancel=cancel,
-    )
-    timings["predict_s"] = time.perf_counter() - tick - timings.get("adapt_s", 0.0)
+    prediction, adaptation = _adapt_and_predict(plan, model_images, device, timings, progress, cancel)
     _check_cancel(cancel)
 
     _report(progress, 0.92, "Post-processing")
     tick = time.perf_counter()
     scale = tuple(int(s) for s in plan.method.output_scale_zyx)
-    output_shape = tuple(n * s for n, s in zip(input_shape, scale, strict=True))
     output_spacing = tuple(s / k for s, k in zip(images.spacing_zyx, scale, strict=True))
-    model_output_shape = tuple(n * s for n, s in zip(model_images.image.shape, scale, strict=True))
-    probabilities = dict(prediction.probabilities)
-    decisions = dict(prediction.decisions or probabilities)
-    for maps in (probabilities, decisions):
-        for name, array in maps.items():
-            if array.shape != model_output_shape:
-                raise RuntimeError(
-                    f"{plan.entry.name} returned a {name} map of shape {array.shape}, expected {model_output_shape}."
-                )
-            if resampling.resample:  # back onto the exact output grid of the input
-                maps[name] = resample_to_grid(
-                    array,
-                    tuple(s / k for s, k in zip(model_images.spacing_zyx, scale, strict=True)),
-                    output_shape,
-                    output_spacing,
-                    interpolation="linear",
-                )
-    mask = images.mask
-    if mask is not None and scale != (1, 1, 1):
-        mask = mask.repeat(scale[0], 0).repeat(scale[1], 1).repeat(scale[2], 2)
-    if mask is not None:
-        for maps in (probabilities, decisions):
-            for array in maps.values():
-                array[~mask] = 0.0
+    probabilities, decisions = _on_output_grid(
+        prediction, plan, images, model_images, scale, resampling.resample
+    )
     class_map = build_class_map(
         decisions,
         spacing_zyx=output_spacing,
