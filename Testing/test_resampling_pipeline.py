@@ -23,23 +23,32 @@ def trees():
     return base, tree_on_grid(base, (0.48, 0.3, 0.3))
 
 
+@pytest.fixture(scope="module")
+def native_dice(trees):
+    return _dice(trees[0])[0]
+
+
 def _dice(tree, **request):
     result = segment_image(render_tof_mra(tree, seed=3), tree.spacing_zyx, device="cpu", **request)
     assert result.class_map.shape == tree.class_map.shape  # always on the input's own grid
     return dice(result.class_map > 0, tree.class_map > 0), result
 
 
-def test_a_finer_scan_is_resampled_to_the_model_spacing_and_scores_close(trees):
-    base, fine = trees
-    native, native_result = _dice(base)
+@pytest.mark.parametrize(
+    ("spacing_zyx", "largest_loss"),
+    [((0.48, 0.3, 0.3), 0.08), ((0.4, 0.25, 0.25), 0.12)],  # measured losses 0.054 and 0.103
+)
+def test_a_finer_scan_is_resampled_to_the_model_spacing_and_scores_close(
+    trees, native_dice, spacing_zyx, largest_loss
+):
+    fine = tree_on_grid(trees[0], spacing_zyx)
     resampled, result = _dice(fine)
-    unresampled, _ = _dice(fine, resampling=ResamplingPolicy(enabled=False))
-    assert native_result.resampling["resample"] is False
     assert result.resampling["resample"] is True
     assert result.resampling["target_spacing_mm_zyx"] == pytest.approx(MODEL_SPACING_ZYX)
-    # Measured: 0.774 at the model's spacing, 0.720 resampled from 0.3 mm, 0.392 without resampling.
-    assert resampled > native - 0.08
-    assert resampled > unresampled + 0.2
+    assert "resample_s" in result.timings
+    # Measured: 0.774 at the model's spacing, 0.720 from 0.3 mm and 0.671 from 0.25 mm (seed 5001);
+    # benchmarks/resampling_phantoms.py gives the 4-seed means, with and without resampling.
+    assert resampled > native_dice - largest_loss
 
 
 def test_within_tolerance_nothing_is_resampled(trees):
