@@ -21,7 +21,6 @@ from VesselSegLib.errors import SegmentationCancelled
 from VesselSegLib.inference.pipeline import SegmentationResult
 from VesselSegLib.mrml.export import write_model_files, write_segmentation
 from VesselSegLib.mrml.logic import MODELS_FOLDER_NAME, VesselSegLogic
-from VesselSegLib.request import SegmentationRequest
 from VesselSegLib.mrml.scene import (
     create_headless_scene,
     get_ijk_to_ras,
@@ -31,6 +30,7 @@ from VesselSegLib.mrml.scene import (
     set_ijk_to_ras,
 )
 from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.request import SegmentationRequest
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME, VESSEL_CLASSES
 
 SHAPE_ZYX = (32, 64, 64)

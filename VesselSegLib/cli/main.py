@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -177,14 +178,26 @@ def _progress_bar(quiet: bool):
         bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}",
     )
     lock = threading.Lock()
+    broken = []  # set once the terminal went away: the run goes on without a bar
 
     def callback(fraction: float, message: str) -> None:
+        if broken:
+            return
         with lock:
-            bar.n = round(100 * fraction, 1)
-            bar.set_postfix_str(message, refresh=False)
-            bar.refresh()
+            try:
+                bar.n = round(100 * fraction, 1)
+                bar.set_postfix_str(message, refresh=False)
+                bar.refresh()
+            except (OSError, ValueError):  # stderr closed or a broken pipe: progress is not worth the run
+                broken.append(True)
 
-    return callback, bar.close
+    def close() -> None:
+        try:
+            bar.close()
+        except (OSError, ValueError):
+            pass
+
+    return callback, close
 
 
 def _prepare_output(out: Path, force: bool, inputs: Sequence[Path | None] = ()):
@@ -412,10 +425,36 @@ def _finish(signals, exiting: bool) -> None:
     """Remove any staging folder still pending (an exception between staging and its discard), then restore
     the signal handlers (``exiting``, after a signal: ignore more of them until the process ends)."""
     staging = sys.modules.get("VesselSegLib.io.output_folder")
-    if staging is not None:
+    if hasattr(staging, "discard_uncommitted"):
         staging.discard_uncommitted()
     if signals is not None:
         signals.exit(ignore_late_signals=exiting)
+
+
+def _report(error: BaseException) -> int | None:
+    """Print the one line for ``error`` and return the exit code, or None for what Python should report."""
+    staging = sys.modules.get("VesselSegLib.io.output_folder")  # absent if Ctrl+C stopped its import
+    signum = staging.raised_signal() if hasattr(staging, "raised_signal") else None
+    if isinstance(error, TerminatedBySignal):  # SIGTERM 143, SIGHUP 129
+        _say(f"vesselseg: {error}; no output written.")
+        return error.code
+    if isinstance(error, KeyboardInterrupt | SegmentationCancelled):
+        _say("vesselseg: cancelled; no output written.")
+        return 130
+    if isinstance(error, SystemExit):
+        return None
+    if signum is not None:  # a library turned the signal into another exception (an ImportError...)
+        return _report(KeyboardInterrupt() if signum == signal.SIGINT else TerminatedBySignal(signum))
+    if isinstance(error, CommandError | ValueError | FileNotFoundError):
+        _say(f"vesselseg: error: {error}")
+        return 1
+    if isinstance(error, OSError):  # disk full, permission denied, read-only disk, a closed pipe
+        if isinstance(error, BrokenPipeError):
+            _silence(sys.stdout)
+        describe = getattr(staging, "describe_os_error", str)
+        _say(f"vesselseg: error: {describe(error)}")
+        return 1
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -466,21 +505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         volumes = ", ".join(f"{k} {v:.4g} mm3" for k, v in summary["volume_mm3"].items())
         print(f"Wrote {out} ({summary['method']}, {summary['run_time_s']['total']:.1f} s): {volumes}")
         return 0
-    except (KeyboardInterrupt, SegmentationCancelled):
-        _say("vesselseg: cancelled; no output written.")
-        return 130
-    except TerminatedBySignal as stop:  # SIGTERM 143, SIGHUP 129
-        _say(f"vesselseg: {stop}; no output written.")
-        return stop.code
-    except (CommandError, ValueError, FileNotFoundError) as error:
-        _say(f"vesselseg: error: {error}")
-        return 1
-    except OSError as error:  # disk full, permission denied, read-only disk, a closed pipe
-        if isinstance(error, BrokenPipeError):
-            _silence(sys.stdout)
-        staging = sys.modules.get("VesselSegLib.io.output_folder")
-        _say(f"vesselseg: error: {staging.describe_os_error(error) if staging else error}")
-        return 1
+    except BaseException as error:
+        code = _report(error)
+        if code is None:  # a usage error or --help (SystemExit), or a bug: Python reports it
+            raise
+        return code
     finally:
         _finish(signals, exiting=argv is None)  # argv None: the command itself, not a caller in-process
 

@@ -19,8 +19,11 @@ Both ``vesselseg segment``/``demo`` and ``vesselseg stream`` write their folder 
   at the target during the run is never replaced: the commit fails and says so.
 - **Cleaned up on every signal that can be caught.** While staged, SIGINT raises ``KeyboardInterrupt`` and
   SIGTERM/SIGHUP raise :class:`~VesselSegLib.errors.TerminatedBySignal` (a ``SystemExit``) in the main
-  thread, once; further signals are ignored while the partial folder is removed, so two quick Ctrl+C cannot
-  interrupt the cleanup. A run killed outright (SIGKILL, power loss) leaves its staging folder; the next run
+  thread (:class:`SignalsAsExceptions`); signals within :data:`STOPPING_GRACE_S` of it, or during the
+  removal of the partial folder, are ignored, so two quick Ctrl+C cannot interrupt the cleanup. A signal
+  landing where its exception would be lost or fatal (a weakref callback or ``__del__``, where Python only
+  prints it; a VTK observer, where VTK calls ``Py_Exit``) is delivered again once that code has returned;
+  an ``atexit`` hook removes what an exit that skips ``finally`` blocks would leave. A run killed outright (SIGKILL, power loss) leaves its staging folder; the next run
   with the same target removes it once its lock is free and its owner process is gone, and puts a previous
   output moved aside by such a run back in place if nothing took its name.
 
@@ -80,6 +83,7 @@ __all__ = [
     "previous_output_problem",
     "remove_stale_staging",
     "rename_noreplace",
+    "raised_signal",
     "resolve_output_path",
     "SignalsAsExceptions",
     "staged_output_folder",
@@ -442,8 +446,12 @@ class _SignalState:
     depth = 0
     mode = _RAISE
     stopped_at = 0.0
+    raised: int | None = None  # the signal last turned into an exception
     pending: list[int] = []
     previous: dict[int, object] = {}
+    previous_unraisablehook = None
+    requested = 0  # redeliveries asked for
+    handled = 0  # the last redelivery whose handler ran
 
 
 _SIGNALS = _SignalState()
@@ -455,15 +463,90 @@ def _signal_exception(signum: int) -> BaseException:
 
 def _raise_for(signum: int):
     state = _SIGNALS
-    state.mode, state.stopped_at = _STOPPING, time.monotonic()
+    state.mode, state.stopped_at, state.raised = _STOPPING, time.monotonic(), signum
     raise _signal_exception(signum)
+
+
+def raised_signal() -> int | None:
+    """The signal that :class:`SignalsAsExceptions` last turned into an exception while entered, or None.
+
+    Some libraries turn the exception into another (an interrupted extension import becomes an
+    ``ImportError``): the command line then still reports the cancellation, not a traceback."""
+    return _SIGNALS.raised if _SIGNALS.depth else None
+
+
+_CALLBACK_MODULES = ("vtkmodules", "vtk", "slicer", "mrml")
+REDELIVER_AFTER_S = 0.02
+
+
+def _inside_c_callback(frame) -> bool:
+    """Whether Python code called back from C++ is running: a VTK observer ``(caller, event)`` on the stack.
+
+    VTK answers an exception raised there with ``Py_Exit`` ("Caught a Ctrl-C within python, exiting
+    program."), which skips every ``finally``; the signal is delivered again once the callback returned."""
+    while frame is not None:
+        code, names = frame.f_code, frame.f_code.co_varnames
+        for first in range(min(2, max(code.co_argcount - 1, 0))):
+            caller = frame.f_locals.get(names[first])
+            event = frame.f_locals.get(names[first + 1])
+            if (
+                isinstance(event, str)
+                and hasattr(caller, "GetClassName")
+                and type(caller).__module__.split(".")[0] in _CALLBACK_MODULES
+            ):
+                return True
+        frame = frame.f_back
+    return False
+
+
+def _send_to_main_thread(signum: int) -> None:
+    if hasattr(signal, "pthread_kill"):  # wakes the main thread from a sleep or a blocking call
+        signal.pthread_kill(threading.main_thread().ident, signum)
+    else:
+        signal.raise_signal(signum)
+
+
+def _redeliver(signum: int) -> None:
+    """Send ``signum`` to the main thread again shortly, and again until its handler has run: a signal
+    arriving just as the main thread enters a sleep or a blocking call would wait until that call ends."""
+    state = _SIGNALS
+    state.requested += 1
+    ticket = state.requested
+
+    def keep_sending() -> None:
+        for _ in range(500):
+            time.sleep(REDELIVER_AFTER_S)
+            if state.handled >= ticket or state.depth == 0:
+                return
+            _send_to_main_thread(signum)
+
+    threading.Thread(target=keep_sending, name="vesselseg-signal", daemon=True).start()
+
+
+def _on_unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` while signals are exceptions: the exception raised for a signal landed where
+    Python can only print and drop it (a weakref callback, ``__del__``): deliver the signal again instead."""
+    state = _SIGNALS
+    if (
+        state.mode == _STOPPING
+        and state.raised is not None
+        and isinstance(unraisable.exc_value, KeyboardInterrupt | TerminatedBySignal)
+    ):
+        state.mode = _RAISE
+        _redeliver(state.raised)
+        return
+    (state.previous_unraisablehook or sys.__unraisablehook__)(unraisable)
 
 
 def _on_signal(signum: int, frame) -> None:
     state = _SIGNALS
+    state.handled = state.requested
     if state.mode == _RAISE or (
         state.mode == _STOPPING and time.monotonic() - state.stopped_at > STOPPING_GRACE_S
     ):
+        if _inside_c_callback(frame):
+            _redeliver(signum)
+            return
         _raise_for(signum)
     elif state.mode == _DEFER:
         state.pending.append(signum)
@@ -489,7 +572,8 @@ class SignalsAsExceptions:
             return self
         state = _SIGNALS
         if state.depth == 0:
-            state.mode, state.pending, state.previous = _RAISE, [], {}
+            state.mode, state.pending, state.previous, state.raised = _RAISE, [], {}, None
+            state.previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _on_unraisable
             for signum in _CAUGHT_SIGNALS:
                 try:
                     current = signal.getsignal(signum)
@@ -518,6 +602,8 @@ class SignalsAsExceptions:
                 handler = signal.SIG_IGN if stopping else previous if previous is not None else signal.SIG_DFL
                 with suppress(ValueError, OSError, TypeError):
                     signal.signal(signum, handler)
+            if sys.unraisablehook is _on_unraisable and state.previous_unraisablehook is not None:
+                sys.unraisablehook = state.previous_unraisablehook
             state.previous, state.pending, state.mode = {}, [], _RAISE
 
     def __enter__(self) -> SignalsAsExceptions:

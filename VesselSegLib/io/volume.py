@@ -308,5 +308,9 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
                 },
             )
         else:
-            sitk.WriteImage(volume.to_sitk(), str(temporary), useCompression=True)
+            try:
+                sitk.WriteImage(volume.to_sitk(), str(temporary), useCompression=True)
+            except RuntimeError as error:  # ITK reports a full disk or a permission error as a RuntimeError
+                reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+                raise OSError(f"cannot write {path}: {reason}; free space or choose another folder") from None
     return path
