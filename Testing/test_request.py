@@ -81,6 +81,61 @@ def test_request_is_frozen_keyword_only_and_recorded_whole():
         request.replace(batch_size=0)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {
+            "modality": "2pm",
+            "method": "vnet-2pm",
+            "vessel_classes": ["micro"],
+            "thresholds": {"micro": 0.3},
+            "patch_size_zyx": [16, 64, 64],
+            "overlap": 0.5,
+            "batch_size": 3,
+            "device": "cpu",
+            "precision": "float32",
+            "min_component_mm3": 0.0,
+            "microscopy": MicroscopyOptions(intensity_scale=2.5, subtract_slice_median=True, median_size=3),
+            "resampling": ResamplingPolicy(enabled=False, tolerance=0.1),
+            "keep_probabilities": True,
+            "create_models": False,
+            "create_graph": True,
+            "adaptation_budget_s": 12.0,
+        },
+        {
+            "modality": "TOF-MRA",
+            "companion_modalities": ["swi"],
+            "microscopy": MicroscopyOptions(intensity_scale="auto"),
+        },
+    ],
+)
+def test_from_record_rebuilds_the_request_as_record_wrote(fields):
+    request = SegmentationRequest(**fields)
+    record = json.loads(json.dumps(request.as_record()))  # as a job file holds it
+    rebuilt = SegmentationRequest.from_record(record)
+    assert rebuilt == request
+    assert isinstance(rebuilt.microscopy, MicroscopyOptions) and isinstance(
+        rebuilt.resampling, ResamplingPolicy
+    )
+    for name in ("vessel_classes", "patch_size_zyx", "companion_modalities"):
+        value = getattr(rebuilt, name)
+        assert value is None or isinstance(value, tuple)
+    assert rebuilt.as_record() == request.as_record()
+
+
+def test_from_record_takes_defaults_and_refuses_unknown_or_bad_fields():
+    assert SegmentationRequest.from_record({"modality": "swi"}) == SegmentationRequest(modality="SWI")
+    with pytest.raises(ValueError, match="Unknown segmentation request fields \\['colour'\\]"):
+        SegmentationRequest.from_record({"colour": "red"})
+    with pytest.raises(ValueError, match="Unknown microscopy options"):
+        SegmentationRequest.from_record({"microscopy": {"gamma": 2}})
+    with pytest.raises(ValueError, match="batch size"):
+        SegmentationRequest.from_record({"batch_size": 0})
+    with pytest.raises(ValueError, match="mapping"):
+        SegmentationRequest.from_record(["modality", "SWI"])
+
+
 def test_resolve_checks_against_the_registry_and_decides_the_defaults():
     plan = SegmentationRequest(modality="tof-mra").resolve()
     assert plan.entry.name == "unet3d-baseline" and plan.vessel_classes == ("artery", "vein", "micro")

@@ -7,7 +7,7 @@ beside this module, and the Slicer module asks :func:`missing_requirements` what
 A requirement is checked against the *installed distribution*'s version (``importlib.metadata``), nothing
 is imported. Versions are compared with ``packaging`` (present in every pip environment and in Slicer);
 without it only presence is checked. Two tags, written at the start of a requirement's trailing comment
-(``torch>=2.3  # [pytorch-extension]``), change how a requirement is handled inside 3D Slicer:
+(``torch>=2.4.1  # [pytorch-extension]``), change how a requirement is handled inside 3D Slicer:
 
 - ``outside-slicer``: not checked inside Slicer (the application provides it: ``slicer-core``);
 - ``pytorch-extension``: inside Slicer, installed through the PyTorch extension (``torch``).
@@ -63,11 +63,11 @@ class RequirementLine:
     Attributes
     ----------
     requirement : str
-        As written in the file, without the comment (``"monai>=1.4"``): what pip is given.
+        As written in the file, without the comment (``"monai>=1.5.1,<1.7"``): what pip is given.
     name : str
         Distribution name (``"scikit-image"``).
     specifier : str
-        The version part as written (``">=1.4,<1.6"``; ``""`` when any version will do).
+        The version part as written (``">=1.5.1,<1.7"``; ``""`` when any version will do).
     tags : frozenset of str
         :data:`TAG_OUTSIDE_SLICER`, :data:`TAG_PYTORCH_EXTENSION`.
     line_number : int
@@ -88,14 +88,14 @@ class UnmetRequirement:
     Attributes
     ----------
     requirement : str
-        As written in the file (``"monai>=1.4"``).
+        As written in the file (``"monai>=1.5.1,<1.7"``).
     name, specifier : str
         Distribution name and version part, as in :class:`RequirementLine`.
     installed_version : str or None
         The installed version; None when the distribution is not installed.
     reason : str
         One line for the user: ``"skan is not installed"``,
-        ``"monai 1.3.0 is installed but >=1.4 is required"``.
+        ``"monai 1.4.0 is installed but >=1.5.1,<1.7 is required"``.
     tags : frozenset of str
         The requirement's tags.
     """
@@ -234,5 +234,20 @@ def missing_requirements(
 
 
 def pip_install_arguments(unmet: Sequence[UnmetRequirement | RequirementLine]) -> list[str]:
-    """The requirement specifiers to give pip, one argument each, exactly as in the file (``"monai>=1.4"``)."""
+    """The requirement specifiers to give pip, one argument each, exactly as in the file (``"monai>=1.5.1,<1.7"``)."""
     return [item.requirement for item in unmet]
+
+
+def installed_pin(name: str) -> str | None:
+    """``"torch==2.5.1+cu121"``: the installed distribution ``name`` pinned to its exact version, or None.
+
+    Given to pip beside the packages being installed so that pip keeps that distribution: inside 3D Slicer,
+    torch comes from the PyTorch extension (the build for the GPU/CUDA driver), and without the pin pip
+    would replace a torch < 2.8 to satisfy monai 1.6; with it pip picks monai 1.5.x. None when ``name`` is
+    not installed or has no version metadata (nothing to keep).
+    """
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return f"{name}=={version}" if version else None

@@ -264,6 +264,37 @@ class SegmentationRequest:
             record[item.name] = value
         return record
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SegmentationRequest:
+        """The request :meth:`as_record` wrote (JSON lists back to tuples, the nested options rebuilt).
+
+        Fields absent from ``record`` take their defaults; an unknown field raises ValueError, as does any
+        value the request refuses.
+        """
+        if not isinstance(record, Mapping):
+            raise ValueError(f"A segmentation request record must be a mapping, got {type(record).__name__}.")
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown segmentation request fields {unknown}; known: {', '.join(sorted(known))}."
+            )
+        values = dict(record)
+        for name, options_class in (("microscopy", MicroscopyOptions), ("resampling", ResamplingPolicy)):
+            options = values.get(name)
+            if isinstance(options, Mapping):
+                option_names = {item.name for item in fields(options_class)}
+                if set(options) - option_names:
+                    raise ValueError(
+                        f"Unknown {name} options {sorted(set(options) - option_names)}; "
+                        f"known: {', '.join(sorted(option_names))}."
+                    )
+                values[name] = options_class(**options)
+        for name in ("vessel_classes", "patch_size_zyx", "companion_modalities"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
+        return cls(**values)
+
     def resolve(self, registry: ModelRegistry | None = None) -> SegmentationPlan:
         """Check the request against the model registry and decide every default.
 

@@ -12,6 +12,7 @@ that is renamed into place at the end, and removed on failure or Ctrl+C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -192,10 +193,8 @@ def _progress_bar(quiet: bool):
                 broken.append(True)
 
     def close() -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             bar.close()
-        except (OSError, ValueError):
-            pass
 
     return callback, close
 

@@ -668,3 +668,37 @@ class VesselSegLogic:
             f"{inputs.inputVolume.GetName()} vessel",
         )
         return graph, model, table
+
+    # ------------------------------------------------------------------ slab MIP review
+
+    def applySlabReview(
+        self,
+        inputVolume,
+        segmentationNode,
+        *,
+        thicknessMm: float,
+        projection: str,
+        visibleClasses=("artery", "vein", "micro"),
+        sliceNodeIds=None,
+    ):
+        """Thick-slab max/min/mean projection of ``inputVolume`` in the slice views with the segmentation's
+        outlines on top; see ``VesselSegLib.mrml.review.apply_slab_review`` (returns its
+        ``SlabReviewApplied``, ``ValueError`` for a bad setting). ``clearSlabReview`` undoes it."""
+        from VesselSegLib.mrml.review import apply_slab_review
+
+        return apply_slab_review(
+            inputVolume.GetScene() if inputVolume is not None else None,
+            inputVolume,
+            segmentationNode,
+            thickness_mm=thicknessMm,
+            projection=projection,
+            visible_classes=visibleClasses,
+            slice_node_ids=sliceNodeIds,
+        )
+
+    @staticmethod
+    def clearSlabReview(scene) -> list[str]:
+        """Restore the slice views and segmentation display the slab review changed (IDs restored)."""
+        from VesselSegLib.mrml.review import clear_slab_review
+
+        return clear_slab_review(scene)

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from VesselSegLib.preprocessing.validation import validate_image
 
@@ -221,6 +220,10 @@ def median_filter_3d(image: np.ndarray, size: int = 3) -> np.ndarray:
     data = _volume(image)
     if size == 1:
         return data.copy()
+    # Imported here, not with the module: the Slicer module imports VesselSegLib.preprocessing before the
+    # optional packages are installed.
+    from scipy import ndimage
+
     return ndimage.median_filter(data, size=int(size), mode="reflect")
 
 
