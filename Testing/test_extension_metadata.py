@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -357,3 +358,44 @@ def test_installed_pin_keeps_the_exact_installed_version():
 
     assert installed_pin("numpy") == f"numpy=={numpy.__version__}"
     assert installed_pin("vesselseg-no-such-package-xyz") is None
+
+
+def test_the_registered_samples_load_into_a_real_scene_on_one_grid_ready_for_vcnet():
+    """What the Sample Data module will load, loaded into a slicer-core scene: three volumes on one grid that
+    the Logic accepts as VC-Net's input, SWI companion and brain mask."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from VesselSegLib.mrml.logic import VesselSegLogic
+    from VesselSegLib.mrml.scene import (
+        create_headless_scene,
+        get_ijk_to_ras,
+        load_volume_node,
+        release_headless_scene,
+    )
+    from VesselSegLib.request import SegmentationRequest
+    from VesselSegLib.resources import sample_data_sources
+
+    (source,) = sample_data_sources()
+    scene = create_headless_scene()
+    try:
+        nodes = {
+            name: load_volume_node(scene, url2pathname(urlparse(uri).path), name=name)
+            for uri, name in zip(source["uris"], source["nodeNames"], strict=True)
+        }
+        matrices = [get_ijk_to_ras(node) for node in nodes.values()]
+        for matrix in matrices[1:]:
+            np.testing.assert_allclose(matrix, matrices[0], atol=1e-6)
+        by_role = {name.lower(): node for name, node in nodes.items()}
+        tof = next(node for name, node in by_role.items() if "tof" in name or "mra" in name)
+        swi = next(node for name, node in by_role.items() if "swi" in name)
+        mask = next(node for name, node in by_role.items() if "mask" in name)
+        ok, message = VesselSegLogic().isValidInputOutputData(
+            tof,
+            SegmentationRequest(method="vcnet", companion_modalities=("SWI",)),
+            maskVolume=mask,
+            companionVolumes={"SWI": swi},
+        )
+        assert ok, message
+    finally:
+        release_headless_scene(scene)
