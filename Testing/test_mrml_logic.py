@@ -568,3 +568,21 @@ def test_graph_and_metrics_are_made_inside_one_process_call(scene, input_volume,
     assert outputs.metrics["vessel"]["dice"] > 0.3
     # Lengths are measured with the input's anisotropic spacing (mm), not in voxels.
     assert outputs.result.spacing_zyx == pytest.approx(phantom.spacing_zyx)
+
+
+def test_the_shipped_registry_is_read_once_per_logic(monkeypatch):
+    from VesselSegLib.models.registry import ModelRegistry
+
+    reads = []
+    original = ModelRegistry.default.__func__
+
+    def counting(cls):
+        reads.append(1)
+        return original(cls)
+
+    monkeypatch.setattr(ModelRegistry, "default", classmethod(counting))
+    logic = VesselSegLogic()
+    for _ in range(3):
+        logic.availableMethods("TOF-MRA")
+        logic.defaultMethod("2PM")
+    assert len(reads) == 1

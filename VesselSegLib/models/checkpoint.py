@@ -11,7 +11,6 @@ file is checked against the one the registry expects, and the tensors must match
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,17 +23,13 @@ from torch import nn
 from VesselSegLib.errors import CheckpointError
 from VesselSegLib.io.atomic import atomic_write_path
 from VesselSegLib.models.networks import build_network
+from VesselSegLib.resources import sha256_of
 
 CARD_SUFFIX = ".card.json"
 
 
-def sha256_of_file(path: str | os.PathLike) -> str:
-    """Hex SHA256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# One checksum function for weights and sample data; resources.py stays importable without PyTorch.
+sha256_of_file = sha256_of
 
 
 def card_path_for(weights_path: str | os.PathLike) -> Path:

@@ -165,7 +165,7 @@ class VesselSegLogic:
         outputs.segmentationNode  # segments "Artery", ...
     """
 
-    #: Model registry to use; None: the shipped ``Resources/Models/models.json`` (read on each use).
+    #: Model registry to use; None: the shipped ``Resources/Models/models.json`` (read once, on first use).
     registry: ModelRegistry | None = None
 
     def __init__(self, *args, **kwargs) -> None:
@@ -188,11 +188,17 @@ class VesselSegLogic:
         return list(MODALITY_PRESETS)
 
     def _registry(self) -> ModelRegistry:
+        """The registry to use: ``self.registry``, else the shipped one, read once per Logic (the widget asks on
+        every parameter change)."""
         # Imported here, not at module level: the Slicer module must load (and offer to install PyTorch) on a
         # Slicer without the library's dependencies.
         from VesselSegLib.models.registry import ModelRegistry
 
-        return self.registry if self.registry is not None else ModelRegistry.default()
+        if self.registry is not None:
+            return self.registry
+        if getattr(self, "_shippedRegistry", None) is None:
+            self._shippedRegistry = ModelRegistry.default()
+        return self._shippedRegistry
 
     def availableMethods(self, modality: str) -> list[ModelEntry]:
         """Registry entries that handle ``modality`` (ValueError for an unknown preset)."""
