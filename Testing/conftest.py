@@ -18,3 +18,13 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture()
+def scene():
+    """A fresh headless MRML scene (slicer-core), prepared as the Slicer application would, then released."""
+    from VesselSegLib.mrml.scene import create_headless_scene, release_headless_scene
+
+    scene = create_headless_scene()
+    yield scene
+    release_headless_scene(scene)

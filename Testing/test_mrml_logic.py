@@ -85,13 +85,6 @@ def phantom():
 
 
 @pytest.fixture()
-def scene():
-    scene = create_headless_scene()
-    yield scene
-    release_headless_scene(scene)
-
-
-@pytest.fixture()
 def input_volume(scene, phantom):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "TOF phantom")
     slicer.util.updateVolumeFromArray(node, phantom.image)

@@ -28,7 +28,7 @@ from VesselSegLib.mrml.review import (
     default_projection,
     is_slab_review_active,
 )
-from VesselSegLib.mrml.scene import create_headless_scene, release_headless_scene, set_ijk_to_ras
+from VesselSegLib.mrml.scene import set_ijk_to_ras
 from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.request import SegmentationRequest
 from VesselSegLib.vessel_classes import VESSEL_CLASSES
@@ -40,13 +40,6 @@ SEGMENT_IDS = [c.display_name for c in VESSEL_CLASSES]  # "Artery", "Vein", "Mic
 @pytest.fixture(scope="module")
 def phantom():
     return make_phantom_case("TOF-MRA", SHAPE_ZYX, seed=0)
-
-
-@pytest.fixture()
-def scene():
-    scene = create_headless_scene()
-    yield scene
-    release_headless_scene(scene)
 
 
 def _add_volume(scene, array, name, spacing_zyx=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):

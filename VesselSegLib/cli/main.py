@@ -35,12 +35,9 @@ SAMPLE_MODALITY = "TOF-MRA"
 
 
 def _is_ensemble(method: str | None, modality: str) -> bool:
-    from VesselSegLib.models.registry import ModelRegistry
-    from VesselSegLib.request import canonical_modality
+    from VesselSegLib.request import SegmentationRequest
 
-    registry = ModelRegistry.default()
-    entry = registry.default_for(canonical_modality(modality)) if method is None else registry.get(method)
-    return entry.kind == "ensemble"
+    return SegmentationRequest(modality=modality, method=method).resolve().entry.kind == "ensemble"
 
 
 def _add_segment_options(parser: argparse.ArgumentParser) -> None:

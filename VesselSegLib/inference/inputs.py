@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from VesselSegLib.io.volume import Volume
-from VesselSegLib.preprocessing.validation import validate_image, validate_mask
+from VesselSegLib.preprocessing.validation import check_image, validate_image, validate_mask
 
 #: Largest relative difference between two grids for them to count as the same (``Grid.same_as``).
 GRID_TOLERANCE = 1e-4
@@ -46,6 +46,9 @@ class SegmentationInputs:
     reference: Volume | None = None
     spacing_given: bool = False
     names: Mapping[str, str] = field(default_factory=dict)
+    _checked_with: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    """The companion modalities of the last ``check`` that passed: the entry points and the driver all call
+    ``check`` (to fail before their own work), and the voxels are scanned once."""
 
     def name(self, role: str) -> str:
         return self.names.get(role, {"image": "input volume", "mask": "brain mask"}.get(role, role))
@@ -69,12 +72,17 @@ class SegmentationInputs:
         self._check_grid(self.mask, "mask")
         return validate_mask(self.mask.array, self.image.array.shape, name=self.name("mask"))
 
-    def checked_companion(self, modality: str) -> np.ndarray:
-        """A companion as float32, refused if on another grid, not finite or constant."""
+    def _companion_on_grid(self, modality: str) -> tuple[Volume, str]:
+        """A companion, refused if on another grid, and what to call it in messages."""
         role = f"{modality} companion"
         volume = self.companions[modality]
         self._check_grid(volume, role)
-        return validate_image(volume.array, name=f"{self.name(role)} image")
+        return volume, f"{self.name(role)} image"
+
+    def checked_companion(self, modality: str) -> np.ndarray:
+        """A companion as float32, refused if on another grid, not finite or constant."""
+        volume, name = self._companion_on_grid(modality)
+        return validate_image(volume.array, name=name)
 
     def checked_reference(self) -> np.ndarray | None:
         """The reference labels on the input's grid (refused if on another grid or not finite)."""
@@ -87,15 +95,24 @@ class SegmentationInputs:
         return array
 
     def check(self, companion_modalities=()) -> None:
-        """Check everything up front, before any long work (the driver calls it first)."""
-        self.checked_image()
+        """Check everything up front, before any long work, without copying the voxels.
+
+        Every entry point calls it before its own work and the driver calls it again; after one pass with the
+        same companions it returns at once.
+        """
+        wanted = tuple(companion_modalities)
+        if self._checked_with == wanted:
+            return
+        check_image(self.image.array, name=self.name("image"))
         self.checked_mask()
         for modality in self.companions:
-            self.checked_companion(modality)
-        missing = set(companion_modalities) - set(self.companions)
+            volume, name = self._companion_on_grid(modality)
+            check_image(volume.array, name=name)
+        missing = set(wanted) - set(self.companions)
         if missing:
             raise ValueError(f"The request names companion images {sorted(missing)} that were not given.")
         self.checked_reference()
+        self._checked_with = wanted
 
 
 __all__ = ["GRID_TOLERANCE", "SegmentationInputs"]

@@ -134,10 +134,7 @@ class SegmentationResult:
         array = self.class_map if array is None else array
         if self.output_scale_zyx == (1, 1, 1):
             return input_volume.with_array(array)
-        lps = np.eye(4)
-        lps[:3, :3] = np.asarray(input_volume.direction) * np.asarray(input_volume.spacing_xyz)
-        lps[:3, 3] = input_volume.origin_xyz
-        refined = refined_index_to_world(lps, self.output_scale_zyx)
+        refined = refined_index_to_world(input_volume.grid.ijk_to_lps(), self.output_scale_zyx)
         spacing_xyz = tuple(float(s) for s in np.linalg.norm(refined[:3, :3], axis=0))
         return Volume(
             array, spacing_xyz, tuple(float(o) for o in refined[:3, 3]), input_volume.direction.copy()

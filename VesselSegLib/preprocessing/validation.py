@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Voxels converted to float32 at a time by :func:`check_image` (64 MiB), so checking needs no full copy.
+_CHECK_SLAB_VOXELS = 16 * 2**20
 
-def validate_image(image: np.ndarray, *, name: str = "input volume") -> np.ndarray:
-    """Check that ``image`` is a finite, non-constant 3D scalar volume; return it as float32.
 
-    Integer, boolean and float16 volumes are converted to float32 (a copy; the input is never modified).
-    A trailing or leading singleton axis (e.g. ``(Z, Y, X, 1)``) is squeezed.
-
-    Raises
-    ------
-    ValueError
-        Not 3D (2D slices, 4D time series or vector volumes), empty, non-numeric, NaN or Inf voxels, or a
-        constant volume.
-    """
+def _scalar_3d(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as a 3D real array (a view; singleton 4th axes squeezed), or ValueError saying why not."""
     array = np.asarray(image)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -31,19 +24,58 @@ def validate_image(image: np.ndarray, *, name: str = "input volume") -> np.ndarr
         raise ValueError(f"The {name} is empty (shape {array.shape}); load a volume with voxels in it.")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
         raise ValueError(f"The {name} has data type {array.dtype}; give a real-valued scalar volume.")
-    data = array.astype(np.float32, copy=True)
-    finite = np.isfinite(data)
-    if not finite.all():
-        n_bad = int(data.size - finite.sum())
+    return array
+
+
+def _check_values(name: str, n_bad: int, low: float, high: float) -> None:
+    """Refuse NaN/Inf voxels (counted after the float32 conversion) and a constant volume."""
+    if n_bad:
         raise ValueError(
             f"The {name} has {n_bad} NaN or infinite voxels; replace them first (e.g. with the minimum "
             "intensity, numpy.nan_to_num) or crop them away."
         )
-    if float(data.max()) == float(data.min()):
+    if high == low:
         raise ValueError(
-            f"The {name} is constant (every voxel is {float(data.min())}); there is nothing to segment. "
+            f"The {name} is constant (every voxel is {low}); there is nothing to segment. "
             "Check that the right volume is selected."
         )
+
+
+def check_image(image: np.ndarray, *, name: str = "input volume") -> None:
+    """The checks of :func:`validate_image` without its float32 copy: slab by slab, for checking up front.
+
+    Raises
+    ------
+    ValueError
+        As :func:`validate_image`.
+    """
+    array = _scalar_3d(image, name)
+    slices = max(1, _CHECK_SLAB_VOXELS // max(1, array[0].size))
+    n_bad, low, high = 0, np.inf, -np.inf
+    for z0 in range(0, array.shape[0], slices):
+        slab = array[z0 : z0 + slices].astype(np.float32)
+        finite = np.isfinite(slab)
+        n_bad += int(slab.size - np.count_nonzero(finite))
+        if not n_bad:
+            low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    _check_values(name, n_bad, low, high)
+
+
+def validate_image(image: np.ndarray, *, name: str = "input volume") -> np.ndarray:
+    """Check that ``image`` is a finite, non-constant 3D scalar volume; return it as float32.
+
+    Integer, boolean and float16 volumes are converted to float32 (a copy; the input is never modified).
+    A trailing or leading singleton axis (e.g. ``(Z, Y, X, 1)``) is squeezed.
+
+    Raises
+    ------
+    ValueError
+        Not 3D (2D slices, 4D time series or vector volumes), empty, non-numeric, NaN or Inf voxels, or a
+        constant volume.
+    """
+    data = _scalar_3d(image, name).astype(np.float32, copy=True)
+    n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    _check_values(name, n_bad, *((float(data.min()), float(data.max())) if not n_bad else (0.0, 0.0)))
     return data
 
 
