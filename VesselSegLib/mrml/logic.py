@@ -89,10 +89,6 @@ class VesselSegInputs:
         return self.volumes.image.array
 
     @property
-    def spacingZYX(self) -> tuple[float, float, float]:
-        return self.volumes.image.spacing_zyx
-
-    @property
     def reference(self) -> np.ndarray | None:
         return None if self.volumes.reference is None else self.volumes.reference.array
 
