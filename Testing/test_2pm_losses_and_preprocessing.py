@@ -187,6 +187,25 @@ def test_build_loss_knows_balanced_bce_tv_also_with_a_mip_stream():
         build_loss("tv")
 
 
+def test_cldice_term_penalises_a_broken_vessel_more_than_a_thickened_one():
+    """The soft clDice term is about centrelines: a gap in a tube costs more than extra thickness."""
+    target = _tube_target()
+    loss = build_loss("dice_bce_cldice")
+    thick = torch.from_numpy(
+        ndimage.binary_dilation(target.numpy()[0, 0] > 0, iterations=1)[None, None]
+    ).float()
+    broken = target.clone()
+    broken[..., target.shape[-1] // 2 - 3 : target.shape[-1] // 2 + 3] = 0.0  # a 6-voxel gap across X
+    cl_thick = float(loss.cldice(thick, target))
+    cl_broken = float(loss.cldice(broken, target))
+    assert cl_broken > cl_thick + 0.02
+    perfect = float(loss.from_probabilities(target.clamp(1e-4, 1 - 1e-4), target))
+    assert perfect < float(loss.from_probabilities(broken.clamp(1e-4, 1 - 1e-4), target))
+    logits = torch.zeros(target.shape, requires_grad=True)
+    loss(logits, target).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
 # ------------------------------------------------------------------------------------------ weight decay
 
 

@@ -344,3 +344,53 @@ def test_default_config_is_valid_and_holds_out_the_validation_stack():
     # VC-Net's batch size and plateau schedule (the learning rate is the lead's choice for the CPU budget).
     assert config.training.batch_size == 4
     assert (config.training.lr_decay_factor, config.training.lr_patience) == (0.5, 10)
+
+
+# ------------------------------------------------------------------- randomisation and physical phantoms
+
+
+def test_randomisation_table_reaches_the_patch_sampler(tmp_path):
+    raw = _tiny_raw()
+    raw["training"]["randomisation"] = {"gamma_probability": 1.0, "gamma_range": [0.5, 0.6]}
+    config = parse_config(raw, base_dir=TINY.parent).with_overrides(run_dir=tmp_path / "run")
+    assert config.training.randomisation.gamma_probability == 1.0
+    trainer = Trainer(config)
+    trainer.setup()
+    assert trainer.sampler.randomisation == config.training.randomisation
+    spec = trainer.sampler.draw(np.random.default_rng(0))
+    assert spec.randomisation is not None and 0.5 <= spec.randomisation.gamma <= 0.6
+    raw["training"]["randomisation"] = {"gamma_range": [0.5, 99.0]}
+    with pytest.raises(ValueError, match="training.randomisation.gamma_range"):
+        parse_config(raw, base_dir=TINY.parent)
+    assert parse_config(_tiny_raw(), base_dir=TINY.parent).training.randomisation is None
+
+
+def test_phantom_source_radius_model_makes_physical_2pm_phantoms():
+    from VesselSegLib.phantoms import make_phantom_case
+
+    raw = _tiny_raw()
+    raw["data"]["vessel_classes"] = ["micro"]
+    raw["model"]["arguments"]["out_channels"] = 1
+    source = {
+        "kind": "phantom",
+        "modality": "2PM",
+        "count": 1,
+        "shape_zyx": [16, 96, 96],
+        "spacing_zyx": [0.005, 0.002, 0.002],
+        "seed": 7,
+        "radius_model": "2pm-physical",
+        "class_remap": {"artery": "micro", "vein": "micro"},
+    }
+    raw["data"]["training"] = [source]
+    raw["data"]["validation"] = [{**source, "seed": 8, "radius_model": "voxel"}]
+    config = parse_config(raw, base_dir=TINY.parent)
+    assert config.data.training[0].radius_model == "2pm-physical"
+    assert "2pm-physical radii" in config.data.training[0].describe()
+    (case,) = load_cases(config.data.training[0], ["micro"])
+    expected = make_phantom_case(
+        "2PM", (16, 96, 96), spacing_zyx=(0.005, 0.002, 0.002), seed=7, radius_model="2pm-physical"
+    )
+    np.testing.assert_array_equal(case.target[0] > 0, expected.class_map > 0)
+    raw["data"]["training"] = [{**source, "radius_model": "physical"}]
+    with pytest.raises(ValueError, match=r"data.training\[0\].radius_model"):
+        parse_config(raw, base_dir=TINY.parent)

@@ -158,6 +158,7 @@ class VesselSegParameterNode:
     patchSizeYVoxels: Annotated[int, WithinRange(0, 1024)] = 0
     patchSizeXVoxels: Annotated[int, WithinRange(0, 1024)] = 0
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.25
+    testTimeAugmentation: bool = False
     arteryThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     veinThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     microThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
@@ -324,6 +325,7 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             device=parameters.device,
             patch_size_zyx=patch if all(patch) else None,
             overlap=parameters.overlap,
+            test_time_augmentation=parameters.testTimeAugmentation,
             thresholds=thresholds,
             min_component_mm3=None if parameters.minimumComponentMm3 < 0 else parameters.minimumComponentMm3,
             microscopy=MicroscopyOptions(

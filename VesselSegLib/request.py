@@ -136,6 +136,9 @@ class SegmentationRequest:
         Windows per forward pass.
     device : {"auto", "cpu", "cuda", "mps"}
     precision : {"auto", "float32"}
+    test_time_augmentation : bool
+        Average the network's probabilities over in-plane flips (Y, X, YX): ~4x the inference time
+        (``VesselSegLib.inference.test_time_augmentation``). Networks only: other methods refuse it.
     min_component_mm3 : float >= 0 or None
         Remove connected components smaller than this (mm^3); None: the preset's; 0 keeps all.
     microscopy : MicroscopyOptions
@@ -163,6 +166,7 @@ class SegmentationRequest:
     batch_size: int = 2
     device: str = "auto"
     precision: str = "auto"
+    test_time_augmentation: bool = False
     min_component_mm3: float | None = None
     microscopy: MicroscopyOptions = field(default_factory=MicroscopyOptions)
     resampling: ResamplingPolicy = field(default_factory=ResamplingPolicy)
@@ -210,6 +214,10 @@ class SegmentationRequest:
         set_field("device", device)
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+        if not isinstance(self.test_time_augmentation, bool):
+            raise ValueError(
+                f"test_time_augmentation must be True or False, got {self.test_time_augmentation!r}."
+            )
         if self.min_component_mm3 is not None:
             size = _finite(self.min_component_mm3, "The minimum component volume")
             if size < 0:
@@ -301,7 +309,9 @@ class SegmentationRequest:
         Raises
         ------
         ValueError
-            Unknown method, a method not made for the modality, no requested class produced, a bad patch.
+            Unknown method, a method not made for the modality, no requested class produced, a bad patch,
+        test-time augmentation asked of a method that has no network to flip (methods that average over flips
+        set ``supports_test_time_augmentation = True``).
         """
         from VesselSegLib.methods import build_method
         from VesselSegLib.models.registry import ModelRegistry
@@ -323,6 +333,11 @@ class SegmentationRequest:
                 f"requested classes ({', '.join(requested)}); choose another method or class."
             )
         method = build_method(entry, registry)
+        if self.test_time_augmentation and not getattr(method, "supports_test_time_augmentation", False):
+            raise ValueError(
+                f"Method {entry.name!r} ({entry.kind}) has no test-time augmentation (it averages a network's "
+                "flipped predictions); turn it off or pick a network method."
+            )
         return SegmentationPlan(
             request=self,
             entry=entry,

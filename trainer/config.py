@@ -37,13 +37,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trainer.randomisation import DomainRandomisation
 from VesselSegLib.models.networks import NETWORK_CLASSES
+from VesselSegLib.phantoms import RADIUS_MODELS
 from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("dice", "dice_bce", "balanced_bce_tv")
+THRESHOLD_SELECTIONS = ("validation", "fixed")
+LOSSES = ("dice", "dice_bce", "dice_bce_cldice", "balanced_bce_tv")
 DEVICES = ("auto", "cpu", "cuda")
 #: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
 PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
@@ -75,13 +78,18 @@ class PhantomSource:
     spacing_zyx: tuple[float, float, float] | None = None
     class_remap: dict[str, str] = field(default_factory=dict)
     weight: float | None = None
+    #: ``VesselSegLib.phantoms.RADIUS_MODELS``: "voxel" (vessels 1-9 voxels across whatever the spacing) or
+    #: "2pm-physical" (capillaries 2-4 um, penetrating vessels up to 15 um radius; needs a um-scale spacing).
+    radius_model: str = "voxel"
     kind: str = "phantom"
 
     def describe(self) -> str:
         remap = f", classes remapped {self.class_remap}" if self.class_remap else ""
+        spacing = "" if self.spacing_zyx is None else f" at {list(self.spacing_zyx)} mm"
+        radii = "" if self.radius_model == "voxel" else f", {self.radius_model} radii"
         return (
-            f"{self.count} synthetic {self.modality} phantoms {list(self.shape_zyx)} (seeds {self.seed}.."
-            f"{self.seed + self.count - 1}){remap}"
+            f"{self.count} synthetic {self.modality} phantoms {list(self.shape_zyx)}{spacing} (seeds "
+            f"{self.seed}..{self.seed + self.count - 1}){radii}{remap}"
         )
 
 
@@ -149,8 +157,16 @@ class TrainingConfig:
     augment: bool = True
     validation_overlap: float = 0.25
     validation_threshold: float = 0.5
+    #: "validation": after training, each class's decision threshold is the one with the best Dice of the
+    #: best checkpoint on the validation cases (written to run.json and the model card, applied by the
+    #: registry); "fixed": ``validation_threshold``.
+    threshold_selection: str = "validation"
     cldice_every: int = 1
     init_weights: Path | None = None
+    #: ``[training.randomisation]``: on-the-fly domain randomisation of the training patches (gamma, contrast,
+    #: background, depth attenuation, blur, noise, resolution, slice jumps; trainer/randomisation.py). An
+    #: empty table turns on the 2PM defaults; no table: none.
+    randomisation: DomainRandomisation | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +274,17 @@ def _phantom_source(table: dict[str, Any], where: str, vessel_classes: tuple[str
     _check_keys(
         table,
         where,
-        {"kind", "modality", "count", "shape_zyx", "seed", "spacing_zyx", "class_remap", "weight"},
+        {
+            "kind",
+            "modality",
+            "count",
+            "shape_zyx",
+            "seed",
+            "spacing_zyx",
+            "class_remap",
+            "weight",
+            "radius_model",
+        },
         {"kind", "modality", "count", "shape_zyx", "seed"},
     )
     remap_raw = table.get("class_remap", {})
@@ -287,6 +313,9 @@ def _phantom_source(table: dict[str, Any], where: str, vessel_classes: tuple[str
         weight=None
         if "weight" not in table
         else _number(table["weight"], f"{where}.weight", 0, 1e9, open_low=True),
+        radius_model=_choice(
+            table.get("radius_model", "voxel"), f"{where}.radius_model", list(RADIUS_MODELS)
+        ),
     )
 
 
@@ -547,8 +576,14 @@ def parse_config(
             1,
             open_low=True,
         ),
+        threshold_selection=_choice(
+            t.get("threshold_selection", defaults.threshold_selection),
+            "training.threshold_selection",
+            THRESHOLD_SELECTIONS,
+        ),
         cldice_every=_integer(t.get("cldice_every", defaults.cldice_every), "training.cldice_every", 0),
         init_weights=init_weights,
+        randomisation=_randomisation(t.get("randomisation")),
     )
 
     out = raw["output"]
@@ -564,6 +599,14 @@ def parse_config(
         source_path=source_path,
         raw=raw,
     )
+
+
+def _randomisation(value: Any) -> DomainRandomisation | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"training.randomisation must be a table ([training.randomisation]), got {value!r}.")
+    return DomainRandomisation.from_table(value, "training.randomisation")
 
 
 def _boolean(value: Any, key: str) -> bool:

@@ -8,7 +8,8 @@ A source's labels map onto those channels (phantom ``class_remap``, file ``label
 channels a source says nothing about are 0, e.g. a two-photon stack labelled "vessel" fills only "micro".
 
 Patch sampling follows TorchIO's split: :meth:`PatchSampler.draw` takes all random decisions from a NumPy
-generator into a :class:`PatchSpec`; :meth:`PatchSampler.extract` applies one deterministically.
+generator into a :class:`PatchSpec`; :meth:`PatchSampler.extract` applies one deterministically. The optional
+domain randomisation (:mod:`trainer.randomisation`) follows the same split, inside the patch spec.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.config import DROP_CLASS, PHANTOM_LABELS, FileSource, PhantomSource, Source
+from trainer.randomisation import DomainRandomisation, RandomisationSpec, apply_randomisation
 from VesselSegLib.io import read_volume
 from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.preprocessing import get_preset, normalize_intensity
@@ -58,7 +60,10 @@ class TrainingCase:
 
 @dataclass(frozen=True)
 class PatchSpec:
-    """Every random choice behind one training patch (start may be negative: zero padding)."""
+    """Every random choice behind one training patch (start may be negative: zero padding).
+
+    ``randomisation`` holds the domain randomisation's choices (None: the sampler has none, or no augmentation).
+    """
 
     case_index: int
     start_zyx: tuple[int, int, int]
@@ -67,6 +72,7 @@ class PatchSpec:
     transpose_yx: bool = False
     intensity_scale: float = 1.0
     intensity_shift: float = 0.0
+    randomisation: RandomisationSpec | None = None
 
 
 _CASE_CACHE: dict[tuple[str, tuple[str, ...]], list[TrainingCase]] = {}
@@ -114,7 +120,11 @@ def _phantom_cases(source: PhantomSource, vessel_classes: tuple[str, ...]) -> li
     for offset in range(source.count):
         seed = source.seed + offset
         phantom = make_phantom_case(
-            source.modality, source.shape_zyx, spacing_zyx=source.spacing_zyx, seed=seed
+            source.modality,
+            source.shape_zyx,
+            spacing_zyx=source.spacing_zyx,
+            seed=seed,
+            radius_model=source.radius_model,
         )
         target = np.zeros((len(vessel_classes), *phantom.class_map.shape), dtype=np.uint8)
         for phantom_name, label in PHANTOM_LABELS.items():
@@ -226,15 +236,22 @@ def load_source_list(
     return cases, probabilities / probabilities.sum()
 
 
-def _crop_padded(array: np.ndarray, start_zyx: Sequence[int], size_zyx: Sequence[int]) -> np.ndarray:
-    """``array[..., z0:z0+sz, y0:y0+sy, x0:x0+sx]`` with zeros where the window leaves the volume."""
-    spatial = array.shape[-3:]
-    out = np.zeros((*array.shape[:-3], *size_zyx), dtype=array.dtype)
+def _window_slices(
+    start_zyx: Sequence[int], size_zyx: Sequence[int], shape_zyx: Sequence[int]
+) -> tuple[list[slice], list[slice]]:
+    """Slices of the part of the window inside the volume: in volume coordinates, and in the window's."""
     source_slices, target_slices = [], []
-    for start, size, length in zip(start_zyx, size_zyx, spatial, strict=True):
+    for start, size, length in zip(start_zyx, size_zyx, shape_zyx, strict=True):
         low, high = max(start, 0), min(start + size, length)
         source_slices.append(slice(low, high))
         target_slices.append(slice(low - start, high - start))
+    return source_slices, target_slices
+
+
+def _crop_padded(array: np.ndarray, start_zyx: Sequence[int], size_zyx: Sequence[int]) -> np.ndarray:
+    """``array[..., z0:z0+sz, y0:y0+sy, x0:x0+sx]`` with zeros where the window leaves the volume."""
+    out = np.zeros((*array.shape[:-3], *size_zyx), dtype=array.dtype)
+    source_slices, target_slices = _window_slices(start_zyx, size_zyx, array.shape[-3:])
     out[(..., *target_slices)] = array[(..., *source_slices)]
     return out
 
@@ -256,6 +273,12 @@ class PatchSampler:
     augment : bool
         Random in-plane flips (and a Y/X transpose for square patches) and intensity scale (x0.9-1.1) and
         shift (+-0.1). No flip along Z: slab thickness and slice profile are not symmetric in MRA.
+    randomisation : DomainRandomisation, optional
+        Domain randomisation of the image (another microscope's tone curve, depth attenuation, PSF,
+        background, noise, resolution, slice jumps), drawn into each patch's spec when ``augment`` is on.
+        It changes only the image part inside the volume: zero padding stays 0 (as inference pads with
+        zeros) and the target is never touched (every transform keeps the voxel grid). None (default)
+        gives the sampler's patches bit for bit as without it.
     """
 
     def __init__(
@@ -266,6 +289,7 @@ class PatchSampler:
         case_probabilities: np.ndarray | None = None,
         foreground_fraction: float = 0.5,
         augment: bool = True,
+        randomisation: DomainRandomisation | None = None,
     ) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one training case.")
@@ -276,6 +300,7 @@ class PatchSampler:
         self.case_probabilities = np.asarray(case_probabilities, dtype=np.float64)
         self.foreground_fraction = float(foreground_fraction)
         self.augment = augment
+        self.randomisation = randomisation
 
     def draw(self, rng: np.random.Generator) -> PatchSpec:
         """Take every random decision for one patch."""
@@ -294,14 +319,24 @@ class PatchSampler:
                 start.append(int(rng.integers(length - size, 1)))
         if not self.augment:
             return PatchSpec(case_index, tuple(start))
+        flip_y = bool(rng.random() < 0.5)
+        flip_x = bool(rng.random() < 0.5)
+        transpose_yx = bool(self.patch_size_zyx[1] == self.patch_size_zyx[2] and rng.random() < 0.5)
+        intensity_scale = float(rng.uniform(0.9, 1.1))
+        intensity_shift = float(rng.uniform(-0.1, 0.1))
+        # Drawn last, so that a seed gives the same location, flips and scale with or without it.
+        randomisation = None
+        if self.randomisation is not None:
+            randomisation = self.randomisation.draw(rng, self.patch_size_zyx)
         return PatchSpec(
             case_index,
             tuple(start),
-            flip_y=bool(rng.random() < 0.5),
-            flip_x=bool(rng.random() < 0.5),
-            transpose_yx=bool(self.patch_size_zyx[1] == self.patch_size_zyx[2] and rng.random() < 0.5),
-            intensity_scale=float(rng.uniform(0.9, 1.1)),
-            intensity_shift=float(rng.uniform(-0.1, 0.1)),
+            flip_y=flip_y,
+            flip_x=flip_x,
+            transpose_yx=transpose_yx,
+            intensity_scale=intensity_scale,
+            intensity_shift=intensity_shift,
+            randomisation=randomisation,
         )
 
     def extract(self, spec: PatchSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -315,8 +350,33 @@ class PatchSampler:
             image, target = image[..., ::-1], target[..., ::-1]
         if spec.transpose_yx:
             image, target = image.swapaxes(-1, -2), target.swapaxes(-1, -2)
+        if spec.randomisation is not None and not spec.randomisation.is_identity:
+            image = self._randomise(image, spec)
+        # The scale and shift come after the randomisation: they stand for the normalisation's own spread
+        # and shift the padding too, as before, while the randomisation models the acquisition and expects
+        # the normalised range (gamma keeps 0 fixed, the clip range is about [0, 1] data).
         image = image * np.float32(spec.intensity_scale) + np.float32(spec.intensity_shift)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target, dtype=np.float32)
+
+    def _randomise(self, image: np.ndarray, spec: PatchSpec) -> np.ndarray:
+        """``spec.randomisation`` applied to the in-volume box of the (flipped) ``(1, Z, Y, X)`` patch.
+
+        Only the box is randomised so that the padding stays 0 and the blur, background and noise do not
+        smear across the volume's edge; the spec's choices are relative to the box (slice positions) or in
+        voxels, so they fit a box thinner than the patch.
+        """
+        shape = self.cases[spec.case_index].image.shape
+        _, box = _window_slices(spec.start_zyx, self.patch_size_zyx, shape)
+        size_y, size_x = self.patch_size_zyx[1:]
+        if spec.flip_y:
+            box[1] = slice(size_y - box[1].stop, size_y - box[1].start)
+        if spec.flip_x:
+            box[2] = slice(size_x - box[2].stop, size_x - box[2].start)
+        if spec.transpose_yx:
+            box[1], box[2] = box[2], box[1]
+        out = np.array(image, dtype=np.float32)  # a copy: the crop may be a flipped view
+        out[(0, *box)] = apply_randomisation(out[(0, *box)], spec.randomisation)
+        return out
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch_size`` patches stacked: images ``(B, 1, Z, Y, X)``, targets ``(B, C, Z, Y, X)``."""

@@ -47,7 +47,8 @@ def export_run(
     overlap : float
         Sliding-window overlap the registry entry recommends.
     threshold : float, optional
-        Probability threshold for every class (default: the run's ``validation_threshold``).
+        Probability threshold for every class (default: the thresholds the run chose on its validation
+        cases, ``run.json: decision_thresholds``; for older runs ``validation_threshold``).
 
     Returns
     -------
@@ -69,9 +70,18 @@ def export_run(
         best, expected_architecture=record["architecture"], expected_arguments=record["arguments"]
     )
     training = record["config"].get("training", {})
-    if threshold is None:
-        threshold = float(training.get("validation_threshold", 0.5))
     vessel_classes = list(record["vessel_classes"])
+    chosen = record.get("decision_thresholds") or {}
+    if threshold is not None:
+        thresholds = {name: float(threshold) for name in vessel_classes}
+        threshold_record = {"selection": "given at export (--threshold)", "thresholds": thresholds}
+    elif chosen.get("thresholds"):
+        thresholds = {name: float(chosen["thresholds"][name]) for name in vessel_classes}
+        threshold_record = chosen
+    else:
+        fixed = float(training.get("validation_threshold", 0.5))
+        thresholds = {name: fixed for name in vessel_classes}
+        threshold_record = {"selection": "fixed", "thresholds": thresholds}
     modalities = list(modalities) if modalities else list(record["modalities"])
     display_name = display_name or f"{record['architecture']} ({', '.join(modalities)})"
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -89,6 +99,7 @@ def export_run(
         "resumed_with": record.get("resumed_with", []),
         "best_epoch": best_card.get("epoch"),
         "best_validation": best_card.get("validation", {}),
+        "decision_thresholds": threshold_record,
         "epochs_completed": record["epochs_completed"],
         "stopped_early": record.get("stopped_early", False),
         "wall_time_seconds": round(float(record["elapsed_seconds"]), 1),
@@ -116,7 +127,7 @@ def export_run(
         "normalisation": "preset",
         "patch_size_zyx": record["patch_size_zyx"],
         "overlap": overlap,
-        "thresholds": {class_name: threshold for class_name in vessel_classes},
+        "thresholds": thresholds,
         "card": card_path_for(weights_path).name,
     }
 

@@ -18,6 +18,10 @@ Files in the run folder::
     run.json, config.toml                  what was run, how, on what machine
     interrupted.safetensors                weights when Ctrl+C stopped an epoch half-way (not resumable)
 
+After the last epoch, each class's decision threshold is chosen on the validation cases with the best
+checkpoint (``training.threshold_selection = "validation"``, :meth:`Trainer.choose_thresholds`) and written to
+``run.json``; ``python -m trainer export`` puts it in the registry entry and the model card.
+
 ``--resume`` reloads the ``last_*`` files and continues with the next epoch exactly as an uninterrupted run
 would: patches are drawn from a generator seeded by (seed, rank, epoch), not from a running stream.
 """
@@ -65,6 +69,7 @@ from trainer.distributed import (
 from trainer.losses import build_loss
 from trainer.plotting import plot_training_curves
 from VesselSegLib.inference.sliding_window import predict_probabilities
+from VesselSegLib.metrics import best_threshold
 from VesselSegLib.metrics import dice as dice_score
 from VesselSegLib.metrics.topology import cldice
 from VesselSegLib.models.checkpoint import load_state_into, read_checkpoint_metadata, save_checkpoint
@@ -197,6 +202,7 @@ class Trainer:
         self.stopped_early = False
         self.patches_seen = 0
         self.patches_per_rank: list[float] = []
+        self.thresholds: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------- hooks
 
@@ -302,6 +308,50 @@ class Trainer:
         metrics["mean_dice"] = float(np.mean(present)) if present else math.nan
         return metrics
 
+    def choose_thresholds(self) -> dict[str, Any]:
+        """Each class's decision threshold, from the best checkpoint's validation probabilities.
+
+        With ``training.threshold_selection = "validation"``: the candidate threshold (0.05-0.95, steps of
+        0.05) with the highest mean Dice over the validation cases that contain the class
+        (:func:`VesselSegLib.metrics.best_threshold`); a class no validation case contains keeps
+        ``validation_threshold``. Why: losses that weight the rare vessel class up (class-balanced BCE)
+        give probabilities that are not calibrated at 0.5.
+
+        Returns
+        -------
+        dict
+            ``{"selection": str, "thresholds": {class: float}, "dice_by_threshold": {class: {t: Dice}}}``.
+        """
+        training = self.config.training
+        thresholds = {name: training.validation_threshold for name in self.vessel_classes}
+        sweeps: dict[str, dict[str, float]] = {}
+        best_path = self.run_dir / BEST_WEIGHTS
+        if training.threshold_selection == "fixed" or not best_path.is_file():
+            return {"selection": "fixed", "thresholds": thresholds, "dice_by_threshold": sweeps}
+        network = copy.deepcopy(unwrap_model(self.model))
+        load_state_into(network, best_path)
+        maps: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
+            n: ([], []) for n in self.vessel_classes
+        }
+        for case in self.validation_cases:
+            probabilities = predict_probabilities(
+                network,
+                case.image,
+                patch_size_zyx=training.patch_size_zyx,
+                overlap=training.validation_overlap,
+                batch_size=training.batch_size,
+                device=self.context.device,
+            )
+            for c, name in enumerate(self.vessel_classes):
+                if case.target[c].any():
+                    maps[name][0].append(np.clip(probabilities[c], 0.0, 1.0))
+                    maps[name][1].append(case.target[c].astype(bool))
+        for name, (scores, references) in maps.items():
+            if scores:
+                thresholds[name], sweep = best_threshold(scores, references)
+                sweeps[name] = {f"{t:.2f}": round(d, 4) for t, d in sweep.items()}
+        return {"selection": "validation", "thresholds": thresholds, "dice_by_threshold": sweeps}
+
     def on_epoch_end(self, epoch: int, record: dict[str, float], improved: bool) -> None:
         """Rank 0: best and last checkpoints, CSV log, curves."""
         card = {
@@ -349,6 +399,7 @@ class Trainer:
             case_probabilities=probabilities,
             foreground_fraction=training.foreground_fraction,
             augment=training.augment,
+            randomisation=training.randomisation,
         )
         self.validation_cases: list[TrainingCase] = []
         if self.context.is_main:
@@ -447,6 +498,13 @@ class Trainer:
         self.elapsed_seconds = self.elapsed_before + time.monotonic() - started
         if not interrupted:
             self.patches_per_rank = gather_floats(self.patches_seen, self.context)
+            if self.context.is_main:
+                self.thresholds = self.choose_thresholds()
+                logger.info(
+                    "Decision thresholds (%s): %s",
+                    self.thresholds["selection"],
+                    self.thresholds["thresholds"],
+                )
         if self.context.is_main:
             self._write_run_record(finished=not interrupted)
         completed = int(self.history[-1]["epoch"]) if self.history else self.start_epoch - 1
@@ -595,6 +653,7 @@ class Trainer:
             best_validation=_json_safe(self.best_metrics),
             elapsed_seconds=getattr(self, "elapsed_seconds", self.elapsed_before),
             stopped_early=self.stopped_early,
+            decision_thresholds=self.thresholds or record.get("decision_thresholds"),
             finished=finished,
             updated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )

@@ -7,7 +7,9 @@ whose target is empty in the batch still counts: it teaches the network to keep 
 (e.g. no "artery" in a two-photon stack).
 
 ``dice_bce`` adds voxel-wise binary cross-entropy, which gives useful gradients from the first step where
-Dice alone is flat (nnU-Net's default combination).
+Dice alone is flat (nnU-Net's default combination). ``dice_bce_cldice`` adds MONAI's soft clDice (Shit et al., CVPR 2021),
+which rewards keeping thin vessels' centrelines inside the prediction and the prediction's centrelines inside
+the vessels, i.e. connectivity rather than thickness.
 """
 
 from __future__ import annotations
@@ -70,6 +72,30 @@ class DiceBCELoss(DiceLoss):
         return dice + self.bce_weight * F.binary_cross_entropy(probabilities.clamp(1e-6, 1 - 1e-6), targets)
 
 
+class DiceBCEclDiceLoss(DiceBCELoss):
+    """Soft Dice + BCE + ``cldice_weight`` x soft clDice (MONAI ``SoftclDiceLoss``, 3 soft-skeleton steps).
+
+    0.5 is the weight Shit et al. found best for their Dice + clDice combination (Table 5).
+    """
+
+    def __init__(self, smooth: float = 1.0, bce_weight: float = 1.0, cldice_weight: float = 0.5) -> None:
+        super().__init__(smooth, bce_weight)
+        from monai.losses import SoftclDiceLoss
+
+        self.cldice_weight = cldice_weight
+        self.cldice = SoftclDiceLoss(iter_=3, smooth=1e-4)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, targets) + self.cldice_weight * self.cldice(
+            torch.sigmoid(logits), targets
+        )
+
+    def from_probabilities(self, probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().from_probabilities(probabilities, targets) + self.cldice_weight * self.cldice(
+            probabilities, targets
+        )
+
+
 class MIPAuxiliaryLoss(nn.Module):
     """VC-Net eq. (3): ``L = L_vox + lambda L_mip`` for networks with a composited-MIP stream.
 
@@ -101,7 +127,8 @@ class MIPAuxiliaryLoss(nn.Module):
 
 
 def build_loss(name: str, *, mip_weight: float | None = None) -> nn.Module:
-    """``"dice"`` -> :class:`DiceLoss`, ``"dice_bce"`` -> :class:`DiceBCELoss`, ``"balanced_bce_tv"`` ->
+    """``"dice"`` -> :class:`DiceLoss`, ``"dice_bce"`` -> :class:`DiceBCELoss`, ``"dice_bce_cldice"`` ->
+    :class:`DiceBCEclDiceLoss`, ``"balanced_bce_tv"`` ->
     :class:`trainer.losses_2pm.BalancedBCETVLoss` (2PM V-Net eq. 3 without weight decay, which is
     ``training.weight_decay``); with ``mip_weight`` (networks with a MIP stream) wrapped in
     :class:`MIPAuxiliaryLoss`."""
@@ -109,16 +136,21 @@ def build_loss(name: str, *, mip_weight: float | None = None) -> nn.Module:
         loss = DiceLoss()
     elif name == "dice_bce":
         loss = DiceBCELoss()
+    elif name == "dice_bce_cldice":
+        loss = DiceBCEclDiceLoss()
     elif name == "balanced_bce_tv":
         loss = BalancedBCETVLoss()
     else:
-        raise ValueError(f"Unknown loss {name!r}; choose 'dice', 'dice_bce' or 'balanced_bce_tv'.")
+        raise ValueError(
+            f"Unknown loss {name!r}; choose 'dice', 'dice_bce', 'dice_bce_cldice' or 'balanced_bce_tv'."
+        )
     return loss if mip_weight is None else MIPAuxiliaryLoss(loss, mip_weight)
 
 
 __all__ = [
     "BalancedBCETVLoss",
     "DiceBCELoss",
+    "DiceBCEclDiceLoss",
     "DiceLoss",
     "MIPAuxiliaryLoss",
     "build_loss",

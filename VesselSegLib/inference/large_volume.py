@@ -261,6 +261,7 @@ def segment_large_volume(
             device=str(resolved_device),
             output_dtype=output_dtype,
             mixed_precision=request.precision == "auto",
+            test_time_augmentation=request.test_time_augmentation,
             on_tile_core=class_map,
             progress=progress,
             cancel=cancel,

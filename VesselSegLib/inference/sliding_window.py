@@ -19,6 +19,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from VesselSegLib.errors import SegmentationCancelled
+from VesselSegLib.inference.test_time_augmentation import predict_with_flips
 from VesselSegLib.models.memory_format import set_3d_memory_format
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def predict_probabilities(
     device: str | torch.device = "auto",
     blend_mode: str = "gaussian",
     mixed_precision: bool = True,
+    test_time_augmentation: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
@@ -112,6 +114,10 @@ def predict_probabilities(
         Gaussian weighting down-weights window borders where context is missing.
     mixed_precision : bool
         float16 autocast on CUDA only (CPU has no fast half precision; bfloat16 is 77x slower there).
+    test_time_augmentation : bool
+        Average each window's probabilities over its in-plane flips (Y, X, YX;
+        :func:`~VesselSegLib.inference.test_time_augmentation.predict_with_flips`): 4 forward passes per
+        window, the same windows and blending.
     progress : callable(fraction, message), optional
     cancel : callable() -> bool, optional
         Polled before every batch; when it returns True, :class:`SegmentationCancelled` is raised.
@@ -130,10 +136,23 @@ def predict_probabilities(
         raise ValueError(f"Blend mode must be 'gaussian' or 'constant', got {blend_mode!r}.")
     patch = fit_patch_to_volume(patch, image.shape, getattr(network, "size_divisor_zyx", (1, 1, 1)))
     overlaps = _as_overlap(overlap)
+    if not isinstance(test_time_augmentation, bool | np.bool_):
+        raise ValueError(f"test_time_augmentation must be True or False, got {test_time_augmentation!r}.")
+    tta = bool(test_time_augmentation)
     target = resolve_device(device)
     try:
         return _run(
-            network, image, patch, overlaps, batch_size, target, blend_mode, mixed_precision, progress, cancel
+            network,
+            image,
+            patch,
+            overlaps,
+            batch_size,
+            target,
+            blend_mode,
+            mixed_precision,
+            tta,
+            progress,
+            cancel,
         )
     except torch.cuda.OutOfMemoryError:
         if target.type != "cuda":
@@ -150,6 +169,7 @@ def predict_probabilities(
                 target,
                 blend_mode,
                 mixed_precision,
+                tta,
                 progress,
                 cancel,
                 stitch_device=torch.device("cpu"),
@@ -166,6 +186,7 @@ def predict_probabilities(
                 torch.device("cpu"),
                 blend_mode,
                 False,
+                tta,
                 progress,
                 cancel,
             )
@@ -180,6 +201,7 @@ def _run(
     device: torch.device,
     blend_mode: str,
     mixed_precision: bool,
+    test_time_augmentation: bool,
     progress: ProgressCallback | None,
     cancel: CancelCheck | None,
     stitch_device: torch.device | None = None,
@@ -196,19 +218,29 @@ def _run(
     if channels_last:
         set_3d_memory_format(network, torch.channels_last_3d)
 
+    def probabilities(window: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            window = window.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_autocast):
+            logits = network(window)
+        return torch.sigmoid(logits.float())
+
     def predictor(window: torch.Tensor) -> torch.Tensor:
         nonlocal done
         if cancel is not None and cancel():
             raise SegmentationCancelled("Segmentation cancelled by the user.")
         window = window.to(device)
-        if channels_last:
-            window = window.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_autocast):
-            logits = network(window)
+        # Test-time augmentation sits here, per window, rather than around the whole scan: memory stays one
+        # window's worth (not four volume-sized accumulators), MONAI keeps the same windows and Gaussian
+        # weights, and a window's output still depends on that window alone, so streaming tile by tile
+        # stays exact (inference/streaming.py).
+        output = (
+            predict_with_flips(probabilities, window) if test_time_augmentation else probabilities(window)
+        )
         done += 1
         if progress is not None:
             progress(min(done / n_batches, 1.0), f"Inference: batch {done}/{n_batches}")
-        return torch.sigmoid(logits.float()).contiguous()
+        return output.contiguous()
 
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     try:

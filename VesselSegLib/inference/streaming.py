@@ -463,6 +463,7 @@ def stream_segment_probabilities(
     device: str = "cpu",
     blend_mode: str = "gaussian",
     mixed_precision: bool = True,
+    test_time_augmentation: bool = False,
     output_dtype: str = "float16",
     on_tile_core: Callable[[tuple[slice, slice, slice], np.ndarray], None] | None = None,
     progress: ProgressCallback | None = None,
@@ -508,8 +509,9 @@ def stream_segment_probabilities(
     tile_size_zyx : 3 int
         Largest tile core, rounded down to the scan grid. Bigger tiles share fewer windows with their
         neighbours (less repeated work) and cost more memory.
-    overlap, batch_size, device, blend_mode, mixed_precision
-        As for ``predict_probabilities``.
+    overlap, batch_size, device, blend_mode, mixed_precision, test_time_augmentation
+        As for ``predict_probabilities``. Test-time augmentation flips each window, so exactness holds with it
+        too; it costs 4x the time and, per window, a few window-sized maps on top of the network's memory.
     output_dtype : {"float16", "uint8", "float32"}
         float16 (default): 2 bytes per voxel and class, relative error below 2**-11 (0.0005), readable by any
         NumPy. uint8: 1 byte, ``round(255 p)``, absolute error up to 1/510, enough for thresholding at 0.5.
@@ -591,6 +593,7 @@ def stream_segment_probabilities(
                 device=device,
                 blend_mode=blend_mode,
                 mixed_precision=mixed_precision,
+                test_time_augmentation=test_time_augmentation,
                 progress=tile_progress,
                 cancel=cancel,
             )

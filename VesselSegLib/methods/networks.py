@@ -27,7 +27,15 @@ def check_patch_fits(patch_zyx, network, name: str) -> None:
 
 
 class NetworkEnsemble(MethodBase):
-    """Registry kinds ``"network"`` and ``"ensemble"``, run window by window (MONAI sliding window)."""
+    """Registry kinds ``"network"`` and ``"ensemble"``, run window by window (MONAI sliding window).
+
+    With the request's ``test_time_augmentation`` every window's probabilities are averaged over its in-plane
+    flips inside the sliding window (``inference/sliding_window.py`` says why there). Each member's
+    ``forward(image)`` maps a window to logits of its own shape, VC-Net's too (its MIPs run along Z, which is
+    never flipped), so every member takes part.
+    """
+
+    supports_test_time_augmentation = True
 
     def __init__(self, entry, registry=None) -> None:
         super().__init__(entry, registry)
@@ -105,6 +113,7 @@ class NetworkEnsemble(MethodBase):
                 batch_size=plan.request.batch_size,
                 device=device,
                 mixed_precision=plan.request.precision == "auto",
+                test_time_augmentation=plan.request.test_time_augmentation,
                 progress=None
                 if progress is None
                 else lambda f, m, a=start, b=stop, n=label: progress(a + (b - a) * f, n + m),

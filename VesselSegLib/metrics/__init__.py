@@ -44,6 +44,7 @@ from VesselSegLib.metrics.overlap import (
     specificity,
     specificity_from_counts,
 )
+from VesselSegLib.metrics.ranking import average_precision, best_threshold, dice_by_threshold
 from VesselSegLib.metrics.topology import cldice
 from VesselSegLib.vessel_classes import vessel_class
 
@@ -52,9 +53,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "METRIC_KEYS",
     "ConfusionCounts",
+    "average_precision",
+    "best_threshold",
     "cldice",
     "confusion_counts",
     "dice",
+    "dice_by_threshold",
     "evaluate_against_reference",
     "evaluate_binary",
     "evaluate_class_maps",

@@ -9,8 +9,9 @@ import numpy as np
 from VesselSegLib.phantoms.renderers import _render_swi, _render_tof, render_2pm
 from VesselSegLib.phantoms.vascular_tree import VesselTree, make_vessel_tree
 
-#: Typical voxel sizes (Z, Y, X) in mm, as everywhere in VesselSeg. 2PM: 2 x 1 x 1 um (a capillary of
-#: ~2.5 um radius is then 1-2 voxels across); the tree scales with the spacing, so units do not change shapes.
+#: Typical voxel sizes (Z, Y, X) in mm, as everywhere in VesselSeg. 2PM: 2 x 1 x 1 um. With the default
+#: ``radius_model="voxel"`` the tree scales with the spacing (capillaries 1-2 voxels across whatever the
+#: units); ``radius_model="2pm-physical"`` draws capillaries of 2-4 um radius, 4-8 voxels across here.
 MODALITY_DEFAULT_SPACING_ZYX: dict[str, tuple[float, float, float]] = {
     "TOF-MRA": (0.8, 0.5, 0.5),
     "SWI": (1.0, 0.5, 0.5),
@@ -29,7 +30,7 @@ class PhantomCase:
     brain_mask : (Z, Y, X) bool, the brain ellipsoid (all True for 2PM).
     spacing_zyx : voxel size (Z, Y, X).
     modality : "TOF-MRA", "SWI" or "2PM".
-    tree : the VesselTree the image was rendered from.
+    tree : the VesselTree the image was rendered from; ``tree.radius_model`` says how its radii were drawn.
     """
 
     image: np.ndarray
@@ -39,6 +40,11 @@ class PhantomCase:
     modality: str
     tree: VesselTree
 
+    @property
+    def radius_model(self) -> str:
+        """How the vessel radii were drawn, one of ``RADIUS_MODELS`` (recorded in the tree)."""
+        return self.tree.radius_model
+
 
 def make_phantom_case(
     modality: str,
@@ -46,6 +52,7 @@ def make_phantom_case(
     *,
     spacing_zyx: tuple[float, float, float] | None = None,
     seed: int = 0,
+    radius_model: str = "voxel",
 ) -> PhantomCase:
     """Grow a vessel tree and render it in ``modality``; deterministic for a given seed.
 
@@ -59,6 +66,9 @@ def make_phantom_case(
         Voxel size (Z, Y, X); None uses ``MODALITY_DEFAULT_SPACING_ZYX[modality]``.
     seed : int
         Seed for the tree and the rendering (the renderer uses a seed derived from it).
+    radius_model : {"voxel", "2pm-physical"}
+        Passed to ``make_vessel_tree``: radii relative to the voxel size, or a two-photon stack of mouse
+        cortex in micrometres (needs a spacing with a finest voxel <= 0.02 mm, e.g. the 2PM default).
 
     Returns
     -------
@@ -74,7 +84,7 @@ def make_phantom_case(
     if len(shape) != 3 or min(shape) < 16 or any(int(s) != s for s in shape_zyx):
         raise ValueError(f"shape_zyx must be 3 integers >= 16, got {shape_zyx!r}.")
     spacing = MODALITY_DEFAULT_SPACING_ZYX[modality] if spacing_zyx is None else tuple(spacing_zyx)
-    tree = make_vessel_tree(shape, spacing_zyx=spacing, seed=seed)
+    tree = make_vessel_tree(shape, spacing_zyx=spacing, seed=seed, radius_model=radius_model)
     # Separate but deterministic stream for the renderer, so the image noise is not correlated with the tree.
     render_rng = np.random.default_rng([seed, 1])
     if modality == "TOF-MRA":

@@ -1,0 +1,179 @@
+"""Cross-validation by whole stacks, score-map metrics and the decision threshold a model card carries.
+
+The fold rules (``trainer.crossval``) are checked on names and on real configuration files over real TIFF
+stacks; the threshold chosen on validation is checked end to end: a tiny real training run chooses it, the
+export writes it into the registry entry and card, and ``segment_image`` applies exactly it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from trainer.config import FileSource, parse_config
+from trainer.crossval import fold_training_document, make_folds
+from trainer.export import export_run
+from trainer.loop import Trainer
+from VesselSegLib.inference.pipeline import segment_image
+from VesselSegLib.metrics import average_precision, best_threshold, dice, dice_by_threshold
+from VesselSegLib.models.registry import ModelRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+VNET_2PM_CONFIG = REPO / "trainer" / "configs" / "vnet_2pm.toml"
+NAMES = [f"stack{k}" for k in range(8)]
+
+
+# ------------------------------------------------------------------------------------------------- folds
+
+
+@pytest.mark.parametrize("folds", [2, 3, 4, 7])
+def test_folds_never_share_a_stack_and_validation_comes_from_training_folds(folds):
+    split = make_folds(NAMES, folds, seed=3)
+    tested = [name for fold in split for name in fold.test]
+    assert sorted(tested) == sorted(NAMES)  # every stack is tested exactly once
+    for fold in split:
+        assert not set(fold.test) & set(fold.training)
+        assert not set(fold.test) & set(fold.validation)
+        assert not set(fold.validation) & set(fold.training)
+        assert set(fold.test) | set(fold.validation) | set(fold.training) == set(NAMES)
+        assert fold.validation and fold.training
+        # The validation stack is another fold's test stack, i.e. it lies in this fold's training folds.
+        owner = [other for other in split if fold.validation[0] in other.test]
+        assert len(owner) == 1 and owner[0].index != fold.index
+    sizes = [len(fold.test) for fold in split]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_folds_depend_only_on_names_and_seed():
+    assert make_folds(NAMES, 4, seed=0) == make_folds(list(reversed(NAMES)), 4, seed=0)
+    assert make_folds(NAMES, 4, seed=0) != make_folds(NAMES, 4, seed=1)
+
+
+@pytest.mark.parametrize("folds", [1, 8, 9])
+def test_impossible_fold_counts_are_refused(folds):
+    with pytest.raises(ValueError, match="--folds must be between 2 and 7"):
+        make_folds(NAMES, folds)
+
+
+def _write_stacks(root: Path, names, shape=(4, 32, 32)) -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for k, name in enumerate(names):
+        rng = np.random.default_rng(k)
+        labels = np.zeros(shape, dtype=np.uint8)
+        labels[:, 14:18, 4:28] = 255
+        image = (rng.normal(30, 4, shape) + labels * 0.5).clip(0, 255).astype(np.uint8)
+        tifffile.imwrite(root / "images" / f"{name}.tif", image, photometric="minisblack")
+        tifffile.imwrite(root / "labels" / f"{name}.tif", labels, photometric="minisblack")
+
+
+def test_fold_configuration_trains_only_on_the_training_stacks(tmp_path):
+    _write_stacks(tmp_path / "data", NAMES)
+    raw = tomllib.loads(VNET_2PM_CONFIG.read_text())
+    for fold in make_folds(NAMES, 4):
+        document = fold_training_document(raw, fold, run_dir=str(tmp_path / f"fold{fold.index}"))
+        config = parse_config(document, base_dir=VNET_2PM_CONFIG.parent, data_root=tmp_path / "data")
+        trained = {
+            path.stem
+            for source in config.data.training
+            if isinstance(source, FileSource)
+            for path in source.images
+        }
+        validated = {
+            path.stem
+            for source in config.data.validation
+            if isinstance(source, FileSource)
+            for path in source.images
+        }
+        assert trained == set(fold.training)
+        assert validated == set(fold.validation)
+        assert config.output.run_dir == tmp_path / f"fold{fold.index}"
+    assert raw == tomllib.loads(VNET_2PM_CONFIG.read_text())  # the shipped document is not modified
+
+
+# ---------------------------------------------------------------------------------------- score metrics
+
+
+def _exact_average_precision(scores: np.ndarray, reference: np.ndarray) -> float:
+    """scikit-learn's definition by a full sort (distinct scores: no ties)."""
+    order = np.argsort(-scores.ravel(), kind="stable")
+    hits = reference.ravel()[order].astype(float)
+    precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
+    return float(np.sum(precision * hits) / hits.sum())
+
+
+def test_average_precision_matches_the_sorted_definition():
+    rng = np.random.default_rng(0)
+    reference = rng.random((6, 40, 40)) < 0.2
+    # Distinct scores on a 1e-5 grid, so the histogram is exact and ties cannot differ.
+    scores = (rng.permutation(reference.size).reshape(reference.shape) / reference.size).astype(np.float64)
+    scores = np.clip(scores * 0.5 + reference * 0.35, 0, 0.99999)
+    assert average_precision(scores, reference) == pytest.approx(
+        _exact_average_precision(scores, reference), abs=2e-3
+    )
+    assert average_precision(reference.astype(np.float32), reference) == pytest.approx(1.0)
+    assert 0.15 < average_precision(rng.random(reference.shape), reference) < 0.25  # chance: the prevalence
+    assert np.isnan(average_precision(scores, np.zeros_like(reference)))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        average_precision(scores * 3, reference)
+
+
+def test_dice_by_threshold_equals_thresholding_and_best_threshold_finds_the_planted_one():
+    rng = np.random.default_rng(1)
+    reference = rng.random((5, 30, 30)) < 0.3
+    # Vessel scores around 0.7, background around 0.45: the best cut lies between, near 0.6.
+    scores = np.clip(np.where(reference, 0.7, 0.45) + rng.normal(0, 0.06, reference.shape), 0, 1)
+    thresholds = [0.3, 0.5, 0.55, 0.6, 0.7]
+    expected = [dice(scores > t, reference) for t in thresholds]
+    np.testing.assert_allclose(dice_by_threshold(scores, reference, thresholds), expected, atol=2e-3)
+    chosen, sweep = best_threshold([scores], [reference])
+    assert chosen in (0.55, 0.6, 0.65) and sweep[chosen] > sweep[0.5] + 0.02
+
+
+# ------------------------------------------------------------------- threshold chosen -> card -> applied
+
+
+@pytest.mark.slow
+def test_threshold_chosen_on_validation_is_stored_in_the_card_and_applied_at_inference(tmp_path):
+    raw = tomllib.loads((REPO / "trainer" / "configs" / "tiny_test.toml").read_text())
+    raw["training"]["epochs"] = 1
+    raw["training"]["patches_per_epoch"] = 48
+    config = parse_config(raw, base_dir=REPO / "trainer" / "configs").with_overrides(run_dir=tmp_path / "run")
+    trainer = Trainer(config, command=["pytest"])
+    trainer.fit()
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    chosen = record["decision_thresholds"]
+    assert chosen["selection"] == "validation"
+    # Each class's threshold is the best of its own sweep on the validation case.
+    for name, sweep in chosen["dice_by_threshold"].items():
+        best = max(sweep.values())
+        assert sweep[f"{chosen['thresholds'][name]:.2f}"] == best
+    entry = export_run(tmp_path / "run", name="tiny", out_dir=tmp_path / "models")
+    card = json.loads((tmp_path / "models" / "tiny.card.json").read_text())
+    assert entry["thresholds"] == chosen["thresholds"] == card["decision_thresholds"]["thresholds"]
+    (tmp_path / "models" / "models.json").write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+    registry = ModelRegistry.from_file(tmp_path / "models" / "models.json")
+
+    validation = trainer.validation_cases[0]
+    result = segment_image(
+        validation.image,
+        validation.spacing_zyx,
+        modality="TOF-MRA",
+        method="tiny",
+        registry=registry,
+        keep_probabilities=True,
+        min_component_mm3=0.0,
+    )
+    assert result.thresholds == pytest.approx(chosen["thresholds"])
+    for name in result.vessel_classes:
+        label = {"artery": 1, "vein": 2, "micro": 3}[name]
+        predicted = result.class_map == label
+        above = result.probabilities[name] > chosen["thresholds"][name]
+        # Where classes compete the highest probability wins; everywhere else the class map is the cut.
+        alone = sum(result.probabilities[n] > chosen["thresholds"][n] for n in result.vessel_classes) == 1
+        np.testing.assert_array_equal(predicted[alone], above[alone])

@@ -1,0 +1,454 @@
+"""Cross-validated scores on whole VesselNN stacks, one harness for every method.
+
+    python benchmarks/crossval.py --methods frangi vnet-2pm=trainer/configs/vnet_2pm.toml --folds 4
+    python benchmarks/crossval.py --methods vnet-2pm=trainer/configs/vnet_2pm.toml --fold 2   # one fold
+    python benchmarks/crossval.py --methods vnet-2pm=trainer/configs/vnet_2pm.toml --tta     # + flips
+
+The 8 VesselNN stacks (``--data-root``, default ``$VESSELSEG_VESSELNN`` or ``../shared/data/vesselnn``) are
+split into folds by stack (:func:`trainer.crossval.make_folds`). A method is either
+
+- ``NAME=CONFIG.toml``: trained per fold with the trainer on the fold's training stacks (plus whatever
+  phantoms the configuration adds); the best epoch and the decision threshold are chosen on the fold's
+  inner validation stack (from the training folds); the fold's model is exported to a fold registry and the
+  held-out stacks are segmented through it, with the threshold its card stores; or
+- ``NAME``: a registry method that learns nothing from labels (classical filters, unsupervised methods).
+  It is scored twice: as shipped (``NAME``: its own automatic threshold) and as ``NAME+tuned`` (the threshold
+  with the best mean Dice on the fold's training and validation stacks, applied to its test stacks).
+
+Every held-out stack is segmented with :func:`VesselSegLib.inference.pipeline.segment_image`, the code path
+users run, and scored with the project's metrics: Dice, clDice, precision, sensitivity, average precision
+(AP, from the probabilities) and HD95 (um). Printed: one row per stack, then mean +- sd over the stacks per
+method (the figure of record). Written under ``--run-dir`` (default ``runs/crossval``): ``folds.json``, each
+fold's training run and model, ``scores.csv`` and ``summary.md``. Finished folds are cached: a rerun
+(or a run with ``--fold K``) only does what is missing, and an interrupted training resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from trainer.config import parse_config
+from trainer.crossval import Fold, fold_training_document, make_folds
+from trainer.export import export_run
+from trainer.loop import LAST_STATE, RUN_RECORD, run_training
+from VesselSegLib.inference.pipeline import segment_image
+from VesselSegLib.io import read_volume
+from VesselSegLib.metrics import average_precision, best_threshold, evaluate_binary
+from VesselSegLib.models.registry import ModelRegistry
+from VesselSegLib.request import SegmentationRequest
+from VesselSegLib.resources import vesselnn_dir
+
+logger = logging.getLogger("crossval")
+
+#: Voxel size (X, Y, Z) in mm for stacks without acquisition metadata, as the VesselNN README advises.
+ASSUMED_SPACING_XYZ_MM = (0.000994, 0.000994, 0.005)
+SCORE_KEYS = ("dice", "cldice", "precision", "sensitivity", "ap", "hd95_um")
+#: Thresholds tried for methods whose scores are not probabilities (vesselness is mostly tiny numbers).
+TUNING_CANDIDATES = tuple(float(t) for t in np.round(np.geomspace(1e-4, 0.9, 48), 4))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``NAME``, ``NAME=CONFIG.toml`` or ``NAME=CONFIG.toml,section.key=VALUE,...`` (TOML values), the
+    overrides making a variant of a recipe without another configuration file."""
+
+    name: str
+    config: Path | None  # None: nothing to train
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        name, _, rest = text.partition("=")
+        config, *assignments = rest.split(",") if rest else [""]
+        if not name:
+            raise SystemExit(f"error: bad --methods entry {text!r}; write NAME or NAME=CONFIG.toml.")
+        if config and not Path(config).is_file():
+            raise SystemExit(f"error: configuration {config} of method {name} does not exist.")
+        overrides = []
+        for assignment in assignments:
+            key, _, value = assignment.partition("=")
+            if "." not in key or not value:
+                raise SystemExit(f"error: bad override {assignment!r} in {text!r}; write section.key=VALUE.")
+            try:
+                parsed = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                parsed = value  # a bare word: a string
+            overrides.append((key, parsed))
+        return cls(name=name, config=Path(config) if config else None, overrides=tuple(overrides))
+
+    def document(self) -> dict:
+        """The configuration as parsed TOML, overrides applied."""
+        raw = tomllib.loads(self.config.read_text())
+        for key, value in self.overrides:
+            *sections, leaf = key.split(".")
+            table = raw
+            for section in sections:
+                table = table.setdefault(section, {})
+            table[leaf] = value
+        return raw
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    image: np.ndarray
+    reference: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+
+
+def load_stacks(root: Path) -> dict[str, Stack]:
+    if not (root / "images").is_dir():
+        raise SystemExit(f"error: no VesselNN data at {root}; pass --data-root or set VESSELSEG_VESSELNN.")
+    stacks = {}
+    for image_path in sorted((root / "images").glob("*.tif")):
+        name = image_path.stem
+        metadata = root / "metadata" / f"{name}.xml.txt"
+        if metadata.is_file():
+            volume = read_volume(image_path, metadata_path=metadata)
+        else:  # the two santos2015 stacks: the data set's README says to assume the Burgess voxel size
+            volume = read_volume(image_path, spacing_xyz=ASSUMED_SPACING_XYZ_MM)
+        labels = read_volume(root / "labels" / image_path.name, spacing_xyz=volume.spacing_xyz).array
+        stacks[name] = Stack(name, np.asarray(volume.array), np.asarray(labels) > 0, volume.spacing_zyx)
+    return stacks
+
+
+def score(stack: Stack, decision: np.ndarray, probabilities: np.ndarray | None) -> dict[str, float]:
+    metrics = evaluate_binary(decision, stack.reference, stack.spacing_zyx)
+    result = {k: float(metrics[k]) for k in ("dice", "cldice", "precision", "sensitivity")}
+    result["hd95_um"] = float(metrics["hd95_mm"]) * 1000.0  # 2PM spacing is in mm: report micrometres
+    result["ap"] = (
+        float(average_precision(np.clip(probabilities, 0.0, 1.0), stack.reference))
+        if probabilities is not None
+        else math.nan
+    )
+    return result
+
+
+def segment(stack: Stack, method: str, registry: ModelRegistry, *, tta: bool, threads: int):
+    fields = {"test_time_augmentation": True} if tta else {}
+    started = time.monotonic()
+    result = segment_image(
+        stack.image,
+        stack.spacing_zyx,
+        SegmentationRequest(modality="2PM", method=method, device="cpu", keep_probabilities=True, **fields),
+        registry=registry,
+    )
+    seconds = time.monotonic() - started
+    class_name = result.vessel_classes[0]
+    probabilities = result.probabilities.get(class_name)
+    return result.class_map > 0, probabilities, result.thresholds.get(class_name), seconds
+
+
+# --------------------------------------------------------------------------------------- trained methods
+
+
+def method_dir(spec: MethodSpec, args) -> Path:
+    """Where a trained method's folds live; an --epochs override gets its own folder (never mixed)."""
+    return args.run_dir / (spec.name if args.epochs is None else f"{spec.name}-epochs{args.epochs}")
+
+
+def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegistry:
+    """Train (or resume, or reuse) the fold's model and return a registry holding only it."""
+    models_dir = fold_dir / "models"
+    registry_path = models_dir / "models.json"
+    if registry_path.is_file():
+        return ModelRegistry.from_file(registry_path)
+    train_dir = fold_dir / "train"
+    document = fold_training_document(spec.document(), fold, run_dir=str(train_dir))
+    config = parse_config(
+        document, base_dir=spec.config.resolve().parent, data_root=args.data_root, source_path=None
+    )
+    if args.epochs is not None:
+        config = config.with_overrides(epochs=args.epochs)
+    if args.train_threads is not None:  # machine-dependent, not part of the recipe
+        config = replace(config, training=replace(config.training, num_threads=args.train_threads))
+    record_path = train_dir / RUN_RECORD
+    finished = record_path.is_file() and json.loads(record_path.read_text()).get("finished")
+    if not finished:
+        resume = (train_dir / LAST_STATE).is_file()
+        logger.info(
+            "%s fold %d: training on %s (validation %s)%s",
+            spec.name,
+            fold.index,
+            ", ".join(fold.training),
+            ", ".join(fold.validation),
+            " (resuming)" if resume else "",
+        )
+        run_training(config, resume=resume, command=[sys.executable, *sys.argv])
+    entry = export_run(train_dir, name=spec.name, out_dir=models_dir, modalities=["2PM"])
+    entry["default_for"] = ["2PM"]
+    registry_path.write_text(json.dumps({"schema_version": 1, "models": [entry]}, indent=2) + "\n")
+    return ModelRegistry.from_file(registry_path)
+
+
+def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) -> list[dict]:
+    label = spec.name + ("+tta" if args.tta else "")
+    fold_dir = method_dir(spec, args) / f"fold-{fold.index}"
+    scores_path = fold_dir / f"scores{'-tta' if args.tta else ''}.json"
+    if scores_path.is_file():
+        return json.loads(scores_path.read_text())
+    registry = train_fold(spec, fold, fold_dir, args)
+    record = json.loads((fold_dir / "train" / RUN_RECORD).read_text())
+    rows = []
+    for name in fold.test:
+        decision, probabilities, threshold, seconds = segment(
+            stacks[name], spec.name, registry, tta=args.tta, threads=args.threads
+        )
+        # The same probabilities cut at 0.5: what the chosen threshold gains (or loses) on unseen stacks.
+        rows.append(
+            {
+                "method": f"{spec.name}@0.5" + ("+tta" if args.tta else ""),
+                "fold": fold.index,
+                "stack": name,
+                **score(stacks[name], probabilities > 0.5, probabilities),
+                "threshold": 0.5,
+                "segment_s": round(seconds, 1),
+                "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
+                "best_epoch": record.get("best_epoch"),
+            }
+        )
+        rows.append(
+            {
+                "method": label,
+                "fold": fold.index,
+                "stack": name,
+                **score(stacks[name], decision, probabilities),
+                "threshold": threshold,
+                "segment_s": round(seconds, 1),
+                "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
+                "best_epoch": record.get("best_epoch"),
+            }
+        )
+        logger.info("%s fold %d %s: Dice %.3f", label, fold.index, name, rows[-1]["dice"])
+    scores_path.write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+# ------------------------------------------------------------------------------------- untrained methods
+
+
+def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The method's own decision and score map of one stack (cached: they do not depend on the fold)."""
+    cache = args.run_dir / spec.name / "stacks" / f"{stack.name}{'-tta' if args.tta else ''}.npz"
+    if cache.is_file():
+        stored = np.load(cache)
+        return (
+            stored["decision"],
+            stored["scores"].astype(np.float32),
+            float(stored["threshold"]),
+            float(stored["seconds"]),
+        )
+    decision, probabilities, threshold, seconds = segment(
+        stack, spec.name, ModelRegistry.default(), tta=args.tta, threads=args.threads
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    threshold = math.nan if threshold is None else float(threshold)
+    np.savez_compressed(
+        cache,
+        decision=decision,
+        scores=probabilities.astype(np.float16),
+        threshold=threshold,
+        seconds=seconds,
+    )
+    return decision, probabilities.astype(np.float16).astype(np.float32), threshold, seconds
+
+
+def run_untrained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) -> list[dict]:
+    suffix = "+tta" if args.tta else ""
+    maps = {name: stack_maps(spec, stacks[name], args) for name in stacks}
+    tuning = [*fold.training, *fold.validation]
+    tuned, _ = best_threshold(
+        [maps[n][1] for n in tuning], [stacks[n].reference for n in tuning], candidates=TUNING_CANDIDATES
+    )
+    rows = []
+    for name in fold.test:
+        decision, scores, own_threshold, seconds = maps[name]
+        for label, mask, threshold in (
+            (spec.name + suffix, decision, math.nan),  # the method's own (automatic) decision
+            (f"{spec.name}+tuned{suffix}", scores > tuned, tuned),
+        ):
+            rows.append(
+                {
+                    "method": label,
+                    "fold": fold.index,
+                    "stack": name,
+                    **score(stacks[name], mask, scores),
+                    "threshold": threshold,
+                    "segment_s": round(seconds, 1),
+                    "train_s": 0.0,
+                    "best_epoch": None,
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def summarise(rows: list[dict]) -> str:
+    lines = [
+        "| method | stack | fold | " + " | ".join(SCORE_KEYS) + " | threshold |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in SCORE_KEYS) + " | --- |",
+    ]
+    for row in sorted(rows, key=lambda r: (r["method"], r["fold"], r["stack"])):
+        values = " | ".join(f"{row[k]:.3f}" if k != "hd95_um" else f"{row[k]:.1f}" for k in SCORE_KEYS)
+        lines.append(
+            f"| {row['method']} | {row['stack']} | {row['fold']} | {values} | {row['threshold']:.3g} |"
+        )
+    lines += [
+        "",
+        "threshold nan: the method's own automatic decision. HD95 in micrometres.",
+        "",
+        "Mean +- sd over held-out stacks (cross-validated):",
+        "",
+        "| method | stacks | " + " | ".join(SCORE_KEYS) + " | min Dice | train s/fold | segment s/stack |",
+        "| --- | --- | " + " | ".join("---" for _ in SCORE_KEYS) + " | --- | --- | --- |",
+    ]
+    for method in sorted({r["method"] for r in rows}):
+        chosen = [r for r in rows if r["method"] == method]
+        cells = []
+        for key in SCORE_KEYS:
+            values = np.array([r[key] for r in chosen], dtype=float)
+            values = values[np.isfinite(values)]
+            fmt = "{:.1f} +- {:.1f}" if key == "hd95_um" else "{:.3f} +- {:.3f}"
+            cells.append(
+                fmt.format(values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0)
+                if len(values)
+                else "n/a"
+            )
+        train = np.mean([r["train_s"] for r in chosen])
+        seg = np.mean([r["segment_s"] for r in chosen])
+        min_dice = min(r["dice"] for r in chosen)
+        lines.append(
+            f"| {method} | {len(chosen)} | "
+            + " | ".join(cells)
+            + f" | {min_dice:.3f} | {train:.0f} | {seg:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def aggregate(rows: list[dict]) -> dict[str, dict]:
+    """Per method: mean, sd and per-stack scores (the model card's ``cross_validation.scores``)."""
+    result = {}
+    for method in sorted({r["method"] for r in rows}):
+        chosen = sorted((r for r in rows if r["method"] == method), key=lambda r: r["stack"])
+        summary: dict = {"stacks": len(chosen), "mean": {}, "sd": {}}
+        for key in SCORE_KEYS:
+            values = np.array([r[key] for r in chosen], dtype=float)
+            values = values[np.isfinite(values)]
+            summary["mean"][key] = round(float(values.mean()), 4) if len(values) else None
+            summary["sd"][key] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else None
+        summary["min_dice"] = round(min(r["dice"] for r in chosen), 4)
+        summary["per_stack"] = {
+            r["stack"]: {
+                **{k: (round(r[k], 4) if math.isfinite(r[k]) else None) for k in SCORE_KEYS},
+                "fold": r["fold"],
+                "threshold": r["threshold"] if math.isfinite(r["threshold"]) else None,
+            }
+            for r in chosen
+        }
+        summary["train_seconds_per_fold"] = round(float(np.mean([r["train_s"] for r in chosen])), 1)
+        result[method] = summary
+    return result
+
+
+def update_card(card_path: Path, label: str, rows: list[dict], folds: list[Fold], command: str) -> None:
+    """Write this run's cross-validated scores into a model card (``cross_validation``), the card's method
+    first and every other method of the run beside it for comparison."""
+    import platform
+
+    import torch
+
+    card = json.loads(card_path.read_text())
+    scores = aggregate(rows)
+    if label not in scores:
+        raise SystemExit(f"error: --update-card names {label!r}, which this run did not score.")
+    card["cross_validation"] = {
+        "what": "mean +- sd over whole VesselNN stacks held out of training, model selection and threshold "
+        "choice (figure of record)",
+        "method": label,
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "folds": [f.as_record() for f in folds],
+        "scores": {label: scores[label], **{k: v for k, v in scores.items() if k != label}},
+    }
+    card_path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", required=True, help="NAME (untrained) or NAME=CONFIG.toml")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    parser.add_argument("--data-root", type=Path, default=None, help="VesselNN folder")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/crossval"))
+    parser.add_argument("--epochs", type=int, help="override the configurations' epochs (quick checks only)")
+    parser.add_argument("--tta", action="store_true", help="score with test-time flips (models are reused)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for inference")
+    parser.add_argument("--train-threads", type=int, help="override the configurations' num_threads")
+    parser.add_argument(
+        "--update-card",
+        metavar="CARD=METHOD",
+        help="write the scores into a model card, e.g. Resources/Models/vnet-2pm.card.json=vnet-2pm",
+    )
+    parser.add_argument("--csv", type=Path, help="also write the per-stack rows here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    root = args.data_root or vesselnn_dir()
+    args.data_root = root
+    stacks = load_stacks(root)
+    folds = make_folds(sorted(stacks), args.folds, seed=args.seed)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    folds_path = args.run_dir / "folds.json"
+    folds_record = {"seed": args.seed, "folds": [f.as_record() for f in folds]}
+    if folds_path.is_file() and json.loads(folds_path.read_text()) != folds_record:
+        raise SystemExit(f"error: {args.run_dir} holds another split; use another --run-dir.")
+    folds_path.write_text(json.dumps(folds_record, indent=1) + "\n")
+    wanted = args.fold if args.fold else range(args.folds)
+    specs = [MethodSpec.parse(text) for text in args.methods]
+    rows: list[dict] = []
+    for spec in specs:
+        for fold in folds:
+            if fold.index in wanted:
+                runner = run_trained if spec.config is not None else run_untrained
+                rows += runner(spec, fold, stacks, args)
+            elif spec.config is not None:  # other folds' cached scores still belong in the table
+                tta = "-tta" if args.tta else ""
+                cached = method_dir(spec, args) / f"fold-{fold.index}" / f"scores{tta}.json"
+                if cached.is_file():
+                    rows += json.loads(cached.read_text())
+    table = summarise(rows)
+    print(table)
+    command = shlex.join(["python", "benchmarks/crossval.py", *(argv or sys.argv[1:])])
+    (args.run_dir / "summary.md").write_text(f"<!-- {command} -->\n{table}\n")
+    if args.update_card:
+        card_path, _, label = args.update_card.partition("=")
+        update_card(Path(card_path), label, rows, folds, command)
+    for path in [args.run_dir / "scores.csv", *([args.csv] if args.csv else [])]:
+        with path.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
