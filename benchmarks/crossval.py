@@ -137,6 +137,26 @@ def score(stack: Stack, decision: np.ndarray, probabilities: np.ndarray | None) 
     return result
 
 
+def score_row(
+    method: str,
+    fold: Fold,
+    stack: Stack,
+    decision: np.ndarray,
+    probabilities: np.ndarray | None,
+    threshold: float,
+    timing: dict,
+) -> dict:
+    """One row of the results table: who, where, the scores and what it cost."""
+    return {
+        "method": method,
+        "fold": fold.index,
+        "stack": stack.name,
+        **score(stack, decision, probabilities),
+        "threshold": threshold,
+        **timing,
+    }
+
+
 def segment(stack: Stack, method: str, registry: ModelRegistry, *, tta: bool, threads: int):
     fields = {"test_time_augmentation": True} if tta else {}
     started = time.monotonic()
@@ -195,7 +215,8 @@ def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegis
 
 
 def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) -> list[dict]:
-    label = spec.name + ("+tta" if args.tta else "")
+    suffix = "+tta" if args.tta else ""
+    label = spec.name + suffix
     fold_dir = method_dir(spec, args) / f"fold-{fold.index}"
     scores_path = fold_dir / f"scores{'-tta' if args.tta else ''}.json"
     if scores_path.is_file():
@@ -207,31 +228,19 @@ def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) ->
         decision, probabilities, threshold, seconds = segment(
             stacks[name], spec.name, registry, tta=args.tta, threads=args.threads
         )
+        timing = {
+            "segment_s": round(seconds, 1),
+            "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
+            "best_epoch": record.get("best_epoch"),
+        }
+        stack = stacks[name]
         # The same probabilities cut at 0.5: what the chosen threshold gains (or loses) on unseen stacks.
         rows.append(
-            {
-                "method": f"{spec.name}@0.5" + ("+tta" if args.tta else ""),
-                "fold": fold.index,
-                "stack": name,
-                **score(stacks[name], probabilities > 0.5, probabilities),
-                "threshold": 0.5,
-                "segment_s": round(seconds, 1),
-                "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
-                "best_epoch": record.get("best_epoch"),
-            }
+            score_row(
+                f"{spec.name}@0.5{suffix}", fold, stack, probabilities > 0.5, probabilities, 0.5, timing
+            )
         )
-        rows.append(
-            {
-                "method": label,
-                "fold": fold.index,
-                "stack": name,
-                **score(stacks[name], decision, probabilities),
-                "threshold": threshold,
-                "segment_s": round(seconds, 1),
-                "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
-                "best_epoch": record.get("best_epoch"),
-            }
-        )
+        rows.append(score_row(label, fold, stack, decision, probabilities, threshold, timing))
         logger.info("%s fold %d %s: Dice %.3f", label, fold.index, name, rows[-1]["dice"])
     scores_path.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
@@ -280,18 +289,8 @@ def run_untrained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) 
             (spec.name + suffix, decision, math.nan),  # the method's own (automatic) decision
             (f"{spec.name}+tuned{suffix}", scores > tuned, tuned),
         ):
-            rows.append(
-                {
-                    "method": label,
-                    "fold": fold.index,
-                    "stack": name,
-                    **score(stacks[name], mask, scores),
-                    "threshold": threshold,
-                    "segment_s": round(seconds, 1),
-                    "train_s": 0.0,
-                    "best_epoch": None,
-                }
-            )
+            timing = {"segment_s": round(seconds, 1), "train_s": 0.0, "best_epoch": None}
+            rows.append(score_row(label, fold, stacks[name], mask, scores, threshold, timing))
     return rows
 
 

@@ -253,6 +253,18 @@ class Trainer:
         self.optimizer.step()
         return float(loss.detach())
 
+    def predict_validation_case(self, network: nn.Module, case: TrainingCase) -> np.ndarray:
+        """Whole-volume probabilities ``(C, Z, Y, X)`` of one validation case, by the inference code path."""
+        training = self.config.training
+        return predict_probabilities(
+            network,
+            case.image,
+            patch_size_zyx=training.patch_size_zyx,
+            overlap=training.validation_overlap,
+            batch_size=training.batch_size,
+            device=self.context.device,
+        )
+
     def validate(self, epoch: int) -> dict[str, float]:
         """Whole-volume inference on the validation cases: loss, Dice and clDice per class and "vessel".
 
@@ -270,14 +282,7 @@ class Trainer:
         losses: list[float] = []
         scores: dict[str, list[float]] = {}
         for case in self.validation_cases:
-            probabilities = predict_probabilities(
-                network,
-                case.image,
-                patch_size_zyx=training.patch_size_zyx,
-                overlap=training.validation_overlap,
-                batch_size=training.batch_size,
-                device=self.context.device,
-            )
+            probabilities = self.predict_validation_case(network, case)
             with torch.no_grad():
                 losses.append(
                     float(
@@ -334,14 +339,7 @@ class Trainer:
             n: ([], []) for n in self.vessel_classes
         }
         for case in self.validation_cases:
-            probabilities = predict_probabilities(
-                network,
-                case.image,
-                patch_size_zyx=training.patch_size_zyx,
-                overlap=training.validation_overlap,
-                batch_size=training.batch_size,
-                device=self.context.device,
-            )
+            probabilities = self.predict_validation_case(network, case)
             for c, name in enumerate(self.vessel_classes):
                 if case.target[c].any():
                     maps[name][0].append(np.clip(probabilities[c], 0.0, 1.0))
