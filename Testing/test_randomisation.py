@@ -350,3 +350,48 @@ def test_sampler_batches_are_seeded():
     np.testing.assert_array_equal(images, again)
     np.testing.assert_array_equal(targets, again_targets)
     assert not np.array_equal(images, sampler.batch(np.random.default_rng(4), 6)[0])
+
+
+def test_dye_leakage_brightens_the_tissue_near_vessels_but_not_the_lumen():
+    from trainer.randomisation import RandomisationSpec, apply_randomisation
+
+    image = np.zeros((8, 48, 48), dtype=np.float32)
+    vessels = np.zeros(image.shape, dtype=bool)
+    vessels[:, 22:26, :] = True
+    image[vessels] = 1.0
+    spec = RandomisationSpec(leakage_amplitude=0.5, leakage_sigma_yx=4.0, seed=3)
+    out = apply_randomisation(image, spec, vessels)
+    np.testing.assert_array_equal(out[vessels], image[vessels])  # the lumen keeps its brightness
+    near, far = out[:, 27:30, :], out[:, 40:, :]
+    assert near.mean() > 0.05 and near.mean() > 3 * far.mean()
+    np.testing.assert_array_equal(apply_randomisation(image, spec, vessels), out)  # deterministic
+    np.testing.assert_array_equal(apply_randomisation(image, spec), image)  # needs the mask
+    assert DomainRandomisation().leakage_probability == 0.0  # off unless asked for
+
+
+def test_sampler_passes_the_vessel_mask_and_keeps_the_target():
+    rng = np.random.default_rng(0)
+    image = rng.random((10, 40, 40)).astype(np.float32) * 0.1
+    target = np.zeros((1, 10, 40, 40), dtype=np.uint8)
+    target[0, :, 18:22, :] = 1
+    image[target[0] > 0] = 1.0
+    from trainer.datasets import PatchSampler, _make_case
+
+    case = _make_case("c", image, target, (0.005, 0.001, 0.001), "2PM", None)
+    settings = DomainRandomisation(probability=1.0, leakage_probability=1.0, **{
+        name: 0.0 for name in (
+            "gamma_probability", "contrast_probability", "background_probability", "attenuation_probability",
+            "blur_probability", "gaussian_noise_probability", "poisson_noise_probability",
+            "speckle_noise_probability", "resolution_probability", "slice_jump_probability",
+        )
+    })  # fmt: skip
+    plain = PatchSampler([case], (10, 32, 32), foreground_fraction=1.0)
+    leaky = PatchSampler([case], (10, 32, 32), foreground_fraction=1.0, randomisation=settings)
+    spec = leaky.draw(np.random.default_rng(5))
+    assert spec.randomisation.leakage_amplitude is not None
+    image_leaky, target_leaky = leaky.extract(spec)
+    image_plain, target_plain = plain.extract(replace(spec, randomisation=None))
+    np.testing.assert_array_equal(target_leaky, target_plain)
+    tissue = target_plain[0] == 0
+    assert (image_leaky[0][tissue] >= image_plain[0][tissue] - 1e-6).all()
+    assert image_leaky[0][tissue].mean() > image_plain[0][tissue].mean() + 0.01

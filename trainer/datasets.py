@@ -351,14 +351,14 @@ class PatchSampler:
         if spec.transpose_yx:
             image, target = image.swapaxes(-1, -2), target.swapaxes(-1, -2)
         if spec.randomisation is not None and not spec.randomisation.is_identity:
-            image = self._randomise(image, spec)
+            image = self._randomise(image, target, spec)
         # The scale and shift come after the randomisation: they stand for the normalisation's own spread
         # and shift the padding too, as before, while the randomisation models the acquisition and expects
         # the normalised range (gamma keeps 0 fixed, the clip range is about [0, 1] data).
         image = image * np.float32(spec.intensity_scale) + np.float32(spec.intensity_shift)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target, dtype=np.float32)
 
-    def _randomise(self, image: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    def _randomise(self, image: np.ndarray, target: np.ndarray, spec: PatchSpec) -> np.ndarray:
         """``spec.randomisation`` applied to the in-volume box of the (flipped) ``(1, Z, Y, X)`` patch.
 
         Only the box is randomised so that the padding stays 0 and the blur, background and noise do not
@@ -375,7 +375,8 @@ class PatchSampler:
         if spec.transpose_yx:
             box[1], box[2] = box[2], box[1]
         out = np.array(image, dtype=np.float32)  # a copy: the crop may be a flipped view
-        out[(0, *box)] = apply_randomisation(out[(0, *box)], spec.randomisation)
+        vessels = np.asarray(target[(slice(None), *box)]).any(axis=0)  # where dye leakage spreads from
+        out[(0, *box)] = apply_randomisation(out[(0, *box)], spec.randomisation, vessels)
         return out
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

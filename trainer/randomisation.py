@@ -10,6 +10,10 @@ transform                 real-microscope variation it stands for
 ========================  ===============================================================================
 gamma                     tone curve: dye loading and vessel calibre change how bright thin capillaries
                           are next to large vessels; detector response and display LUT of the export.
+dye leakage               extravasation where the blood-brain barrier is open (VesselNN's bbbDisruption and
+                          BBB_Leakage stacks): a diffuse glow spreading from the vessels into the tissue,
+                          patchy, while the label stays the lumen. Off in the defaults
+                          (``leakage_probability = 0``); it needs the patch's vessel mask.
 per-slice factors         depth attenuation ``exp(-z / L)``: excitation and emission light scattered and
                           absorbed with depth (``L`` is a tissue property, drawn in voxels relative to the
                           patch depth); brightening with depth: over-compensated laser power ramps or a
@@ -90,6 +94,9 @@ SETTING_LIMITS: dict[str, tuple[float, float]] = {
     "slice_jump_probability": (0.0, 1.0),
     "slice_jump_count_range": (1, 64),
     "slice_jump_factor_range": (0.0, 10.0),
+    "leakage_probability": (0.0, 1.0),
+    "leakage_amplitude_range": (0.0, 2.0),
+    "leakage_sigma_range": (0.5, 20.0),
 }
 _INTEGER_SETTINGS = {"slice_jump_count_range"}
 
@@ -158,6 +165,10 @@ class RandomisationSpec:
     resolution_factors_zyx : tuple of 3 float or None
         Downsampling factor per axis (1 = unchanged; Y and X share one), linear interpolation down and
         back up to the same shape.
+    leakage_amplitude, leakage_sigma_yx : float or None
+        Dye leakage: the vessel mask blurred by ``sigma_yx`` voxels in-plane (a third of it along Z),
+        scaled to peak 1, modulated by a smooth field in [0, 1] and added outside the vessels times
+        ``amplitude``.
     seed : int
         Seed of the noise and background-field arrays.
     """
@@ -174,6 +185,8 @@ class RandomisationSpec:
     gaussian_noise_std: float | None = None
     speckle_std: float | None = None
     resolution_factors_zyx: tuple[float, float, float] | None = None
+    leakage_amplitude: float | None = None
+    leakage_sigma_yx: float | None = None
     seed: int = 0
 
     @property
@@ -191,6 +204,7 @@ class RandomisationSpec:
                 "gaussian_noise_std",
                 "speckle_std",
                 "resolution_factors_zyx",
+                "leakage_amplitude",
             )
         )
 
@@ -228,6 +242,9 @@ class DomainRandomisation:
         Downsampling factors; a randomised patch changes Z only, Y/X only or both (one third each).
     slice_jump_probability, slice_jump_count_range, slice_jump_factor_range : float, (int, int), (float, float)
         How many slices jump, and their intensity factor.
+    leakage_probability, leakage_amplitude_range, leakage_sigma_range : float, (float, float) x2
+        Dye leakage around the vessels: peak brightness added (normalised units) and in-plane spread in
+        voxels. Off by default: it is drawn only where the sampler passes the vessel mask.
     """
 
     probability: float = 0.8
@@ -256,6 +273,9 @@ class DomainRandomisation:
     slice_jump_probability: float = 0.2
     slice_jump_count_range: tuple[int, int] = (1, 3)
     slice_jump_factor_range: tuple[float, float] = (0.6, 1.4)
+    leakage_probability: float = 0.0
+    leakage_amplitude_range: tuple[float, float] = (0.1, 0.6)
+    leakage_sigma_range: tuple[float, float] = (3.0, 16.0)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -335,6 +355,10 @@ class DomainRandomisation:
             factor_z = _draw(rng, self.resolution_z_range) if axes != 1 else 1.0
             factor_yx = _draw(rng, self.resolution_yx_range) if axes != 0 else 1.0
             choices["resolution_factors_zyx"] = (factor_z, factor_yx, factor_yx)
+        # Drawn last so that turning leakage on leaves every other decision of a seed as it was.
+        if self.leakage_probability > 0 and rng.random() < self.leakage_probability:
+            choices["leakage_amplitude"] = _draw(rng, self.leakage_amplitude_range)
+            choices["leakage_sigma_yx"] = _draw(rng, self.leakage_sigma_range, log=True)
         return RandomisationSpec(**choices, seed=int(rng.integers(2**32)))
 
 
@@ -418,7 +442,9 @@ def _slice_factors(spec: RandomisationSpec, depth: int) -> np.ndarray | None:
     return np.clip(factors, 0.0, MAX_SLICE_FACTOR).astype(np.float32)
 
 
-def apply_randomisation(image: np.ndarray, spec: RandomisationSpec) -> np.ndarray:
+def apply_randomisation(
+    image: np.ndarray, spec: RandomisationSpec, vessel_mask: np.ndarray | None = None
+) -> np.ndarray:
     """Apply one drawn randomisation to a normalised patch.
 
     Parameters
@@ -427,6 +453,8 @@ def apply_randomisation(image: np.ndarray, spec: RandomisationSpec) -> np.ndarra
         Normalised intensities (roughly [0, 1]). Not modified.
     spec : RandomisationSpec
         From :meth:`DomainRandomisation.draw`; the same spec always gives the same output.
+    vessel_mask : ndarray of bool, shape (Z, Y, X), optional
+        The patch's vessels (any class), which dye leakage spreads from; without it leakage is skipped.
 
     Returns
     -------
@@ -436,7 +464,7 @@ def apply_randomisation(image: np.ndarray, spec: RandomisationSpec) -> np.ndarra
     """
     array = np.asarray(image)
     if array.ndim == 4 and array.shape[0] == 1:
-        return apply_randomisation(array[0], spec)[None]
+        return apply_randomisation(array[0], spec, vessel_mask)[None]
     if array.ndim != 3:
         raise ValueError(f"image must have shape (Z, Y, X) or (1, Z, Y, X), got {array.shape}.")
     if spec.is_identity:
@@ -451,6 +479,17 @@ def apply_randomisation(image: np.ndarray, spec: RandomisationSpec) -> np.ndarra
         # slightly negative voxels that normalisation leaves are not turned into NaN.
         positive = np.maximum(out, 0.0)
         out = np.power(positive, np.float32(spec.gamma)) + (out - positive)
+    if spec.leakage_amplitude is not None and vessel_mask is not None and vessel_mask.any():
+        if vessel_mask.shape != out.shape:
+            raise ValueError(f"vessel_mask has shape {vessel_mask.shape}, the image {out.shape}.")
+        vessels = np.asarray(vessel_mask, dtype=np.float32)
+        sigma = spec.leakage_sigma_yx
+        # Dye leaves the vessels and diffuses: the glow falls off with distance and is patchy (leaks are
+        # focal), and it lies in the tissue, not in the lumen, which keeps its own brightness.
+        glow = gaussian_filter(vessels, (sigma / 3.0, sigma, sigma), mode="constant", truncate=BLUR_TRUNCATE)
+        glow /= max(float(glow.max()), 1e-6)
+        patches = _smooth_field(out.shape, np.random.default_rng((spec.seed, 2)))
+        out += np.float32(spec.leakage_amplitude) * glow * patches * (1.0 - vessels)
     factors = _slice_factors(spec, out.shape[0])
     if factors is not None:
         out *= factors[:, None, None]
