@@ -157,7 +157,7 @@ def score_row(
     }
 
 
-def segment(stack: Stack, method: str, registry: ModelRegistry, *, tta: bool, threads: int):
+def segment(stack: Stack, method: str, registry: ModelRegistry, *, tta: bool):
     fields = {"test_time_augmentation": True} if tta else {}
     started = time.monotonic()
     result = segment_image(
@@ -225,9 +225,7 @@ def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) ->
     record = json.loads((fold_dir / "train" / RUN_RECORD).read_text())
     rows = []
     for name in fold.test:
-        decision, probabilities, threshold, seconds = segment(
-            stacks[name], spec.name, registry, tta=args.tta, threads=args.threads
-        )
+        decision, probabilities, threshold, seconds = segment(stacks[name], spec.name, registry, tta=args.tta)
         timing = {
             "segment_s": round(seconds, 1),
             "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
@@ -261,7 +259,7 @@ def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.nda
             float(stored["seconds"]),
         )
     decision, probabilities, threshold, seconds = segment(
-        stack, spec.name, ModelRegistry.default(), tta=args.tta, threads=args.threads
+        stack, spec.name, ModelRegistry.default(), tta=args.tta
     )
     cache.parent.mkdir(parents=True, exist_ok=True)
     threshold = math.nan if threshold is None else float(threshold)
@@ -275,16 +273,18 @@ def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.nda
     return decision, probabilities.astype(np.float16).astype(np.float32), threshold, seconds
 
 
-def run_untrained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) -> list[dict]:
+def run_untrained(
+    spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args, maps: dict[str, tuple]
+) -> list[dict]:
+    """``maps``: :func:`stack_maps` of every stack, read once for all folds."""
     suffix = "+tta" if args.tta else ""
-    maps = {name: stack_maps(spec, stacks[name], args) for name in stacks}
     tuning = [*fold.training, *fold.validation]
     tuned, _ = best_threshold(
         [maps[n][1] for n in tuning], [stacks[n].reference for n in tuning], candidates=TUNING_CANDIDATES
     )
     rows = []
     for name in fold.test:
-        decision, scores, own_threshold, seconds = maps[name]
+        decision, scores, _, seconds = maps[name]
         for label, mask, threshold in (
             (spec.name + suffix, decision, math.nan),  # the method's own (automatic) decision
             (f"{spec.name}+tuned{suffix}", scores > tuned, tuned),
@@ -424,11 +424,16 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.fold if args.fold else range(args.folds)
     specs = [MethodSpec.parse(text) for text in args.methods]
     rows: list[dict] = []
+    untrained_maps: dict[str, dict[str, tuple]] = {}
     for spec in specs:
         for fold in folds:
             if fold.index in wanted:
-                runner = run_trained if spec.config is not None else run_untrained
-                rows += runner(spec, fold, stacks, args)
+                if spec.config is not None:
+                    rows += run_trained(spec, fold, stacks, args)
+                else:
+                    if spec.name not in untrained_maps:
+                        untrained_maps[spec.name] = {n: stack_maps(spec, stacks[n], args) for n in stacks}
+                    rows += run_untrained(spec, fold, stacks, args, untrained_maps[spec.name])
             elif spec.config is not None:  # other folds' cached scores still belong in the table
                 tta = "-tta" if args.tta else ""
                 cached = method_dir(spec, args) / f"fold-{fold.index}" / f"scores{tta}.json"
