@@ -218,7 +218,9 @@ def test_a_bad_input_ends_with_one_error_line(tmp_path):
 @posix_only
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_a_worker_killed_from_outside_leaves_no_result(tmp_path, signum):
-    inputs = _phantom_inputs((16, 32, 32))
+    # Large enough that the run is still going when the signal lands, even on a loaded machine: with a
+    # 16x32x32 phantom the worker sometimes finished first under the full suite.
+    inputs = _phantom_inputs((96, 160, 160))
     with BackgroundSegmentation(inputs, FRANGI, temporary_root=tmp_path).start() as job:
         _wait_for(job, lambda: job.progress[1] == "Reading the input")
         os.kill(job.pid, signum)
