@@ -38,7 +38,8 @@ def test_modality_presets_match_case_insensitively(given, canonical):
         ({"vessel_classes": ()}, "No vessel class selected"),
         ({"vessel_classes": ("capillary",)}, "Unknown vessel classes"),
         ({"companion_modalities": ("TOF-MRA",)}, "cannot have the input's own modality"),
-        ({"adaptation_budget_s": 0}, "adaptation budget must be > 0"),
+        ({"adaptation_budget_s": -1}, "adaptation budget must be between 0 s"),
+        ({"adaptation_budget_s": 601}, "adaptation budget must be between 0 s"),
     ],
 )
 def test_bad_fields_are_refused_with_the_rule(fields, message):

@@ -16,7 +16,17 @@ import pytest
 import torch
 from scipy import ndimage
 
-from trainer.losses_umis import (
+from VesselSegLib.models.morphology import (
+    N_PLANES,
+    MorphologicalSmoothing,
+    inf_sup,
+    morphological_smoothing,
+    planar_dilations,
+    planar_erosions,
+    planar_footprints,
+    sup_inf,
+)
+from VesselSegLib.unsupervised.loss import (
     CODE_TIGHT_WEIGHT_ON_SUM,
     PAPER_PATCH_VOXELS,
     TERM_NAMES,
@@ -29,16 +39,6 @@ from trainer.losses_umis import (
     region_means,
     tightness_loss,
     umis_loss_terms,
-)
-from VesselSegLib.models.morphology import (
-    N_PLANES,
-    MorphologicalSmoothing,
-    inf_sup,
-    morphological_smoothing,
-    planar_dilations,
-    planar_erosions,
-    planar_footprints,
-    sup_inf,
 )
 
 morphsnakes = pytest.importorskip("skimage.segmentation.morphsnakes")

@@ -159,6 +159,7 @@ class VesselSegParameterNode:
     patchSizeXVoxels: Annotated[int, WithinRange(0, 1024)] = 0
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.25
     testTimeAugmentation: bool = False
+    adaptationSeconds: Annotated[float, WithinRange(0.0, 600.0)] = 0.0
     arteryThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     veinThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     microThreshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
@@ -326,6 +327,8 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             patch_size_zyx=patch if all(patch) else None,
             overlap=parameters.overlap,
             test_time_augmentation=parameters.testTimeAugmentation,
+            # Only methods that can adapt read it; 0 is "off", the shipped models' default.
+            adaptation_budget_s=parameters.adaptationSeconds,
             thresholds=thresholds,
             min_component_mm3=None if parameters.minimumComponentMm3 < 0 else parameters.minimumComponentMm3,
             microscopy=MicroscopyOptions(
@@ -413,6 +416,10 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "network": _("network"),
             "ensemble": _("one network per class; vein and micro read an SWI companion volume"),
         }.get(entry.kind, _("filter, one class per modality"))
+        canAdapt = self.logic.methodCanAdapt(entry.name)
+        if canAdapt:
+            kind += _("; can adapt to this stack")
+        self.ui.adaptationSecondsSpinBox.enabled = canAdapt
         self.ui.methodDescriptionLabel.text = f"{entry.display_name} ({kind}): {classes}"
         if self._parameterNode.method != entry.name:
             wasModifying = self._parameterNode.StartModify()

@@ -38,6 +38,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: without AMX); "float32": never autocast.
 PRECISIONS = ("auto", "float32")
 ALL_CLASSES = tuple(VESSEL_CLASS_BY_NAME)
+#: Longest test-time adaptation a request may ask for (s); the UMIS notes cap it at 10 minutes.
+MAX_ADAPTATION_BUDGET_S = 600.0
 
 
 def canonical_modality(name: str) -> str:
@@ -153,8 +155,9 @@ class SegmentationRequest:
         Build 3D surface models of the segments (Slicer model nodes; files from the command line).
     create_graph : bool
         Extract the vessel graph (centrelines, lengths, radii) of the segmented vessels.
-    adaptation_budget_s : float > 0 or None
-        Wall-clock budget for methods that adapt to the volume before predicting; None: the method's default.
+    adaptation_budget_s : float in [0, 600] or None
+        Wall-clock seconds for methods that adapt to the volume before predicting (test-time training);
+        0: no adaptation; None: the method's default. Other methods ignore it.
     """
 
     modality: str = "TOF-MRA"
@@ -237,8 +240,11 @@ class SegmentationRequest:
             set_field(flag, bool(getattr(self, flag)))
         if self.adaptation_budget_s is not None:
             budget = _finite(self.adaptation_budget_s, "The adaptation budget")
-            if budget <= 0:
-                raise ValueError(f"The adaptation budget must be > 0 s, got {budget!r}.")
+            if not 0 <= budget <= MAX_ADAPTATION_BUDGET_S:
+                raise ValueError(
+                    f"The adaptation budget must be between 0 s (off) and {MAX_ADAPTATION_BUDGET_S:g} s, "
+                    f"got {budget!r}."
+                )
             set_field("adaptation_budget_s", budget)
 
     @staticmethod

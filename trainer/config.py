@@ -46,7 +46,10 @@ from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 logger = logging.getLogger(__name__)
 
 THRESHOLD_SELECTIONS = ("validation", "fixed")
-LOSSES = ("dice", "dice_bce", "dice_bce_cldice", "balanced_bce_tv")
+#: Label-free losses (UMIS, VesselSegLib.unsupervised.loss presets "notes", "code", "paper"): training with one
+#: reads no label and runs trainer/unsupervised.py's UnsupervisedTrainer.
+UMIS_LOSSES = ("umis", "umis-code", "umis-paper")
+LOSSES = ("dice", "dice_bce", "dice_bce_cldice", "balanced_bce_tv", *UMIS_LOSSES)
 DEVICES = ("auto", "cpu", "cuda")
 #: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
 PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
@@ -95,7 +98,7 @@ class PhantomSource:
 
 @dataclass(frozen=True)
 class FileSource:
-    """Image/label file pairs, resolved to absolute paths.
+    """Image/label file pairs (or images alone, for label-free training), resolved to absolute paths.
 
     Labels map onto model classes either by value (``label_map``: label value -> class name) or all
     non-zero voxels onto one class (``binary_class``).
@@ -119,6 +122,8 @@ class FileSource:
     def describe(self) -> str:
         names = ", ".join(path.stem for path in self.images)
         mapping = f"binary -> {self.binary_class}" if self.binary_class else f"labels {self.label_map}"
+        if not self.labels:
+            mapping = "no labels"
         # The folder name only: a model card must not carry one machine's absolute paths.
         return f"{self.count} {self.modality} file cases ({names}) from data folder {self.root.name!r}, {mapping}"
 
@@ -350,7 +355,7 @@ def _file_source(
             "spacing_xyz",
             "weight",
         },
-        {"kind", "modality", "images", "labels"},
+        {"kind", "modality", "images"},
     )
     root = _resolve_root(table.get("root", "."), where, base_dir, data_root)
     if not root.is_dir():
@@ -379,8 +384,10 @@ def _file_source(
     images = [images[i] for i in keep]
     if not images:
         raise ValueError(f"{where}: every image is excluded; keep at least one.")
-    labels_raw = table["labels"]
-    if isinstance(labels_raw, str):  # a folder holding labels with the images' file names
+    labels_raw = table.get("labels")
+    if labels_raw is None:  # label-free training (UMIS); supervised training refuses the source when loading
+        labels = []
+    elif isinstance(labels_raw, str):  # a folder holding labels with the images' file names
         labels = [root / labels_raw / path.name for path in images]
     elif isinstance(labels_raw, list) and all(isinstance(p, str) for p in labels_raw):
         if len(labels_raw) != len(images_raw if isinstance(images_raw, list) else []):
@@ -400,7 +407,7 @@ def _file_source(
         candidate = None if metadata_dir is None else root / metadata_dir / f"{_stem(path)}.xml.txt"
         metadata.append(candidate if candidate is not None and candidate.is_file() else None)
     has_map, has_binary = "label_map" in table, "binary_class" in table
-    if has_map == has_binary:
+    if has_map == has_binary and (labels or has_map):
         raise ValueError(f"{where} needs exactly one of label_map (value -> class) or binary_class.")
     label_map: dict[int, str] = {}
     if has_map:
@@ -644,6 +651,7 @@ def load_config(path: str | os.PathLike, *, data_root: str | os.PathLike | None 
 __all__ = [
     "DROP_CLASS",
     "LOSSES",
+    "UMIS_LOSSES",
     "DataConfig",
     "FileSource",
     "ModelConfig",

@@ -150,7 +150,37 @@ def _phantom_cases(source: PhantomSource, vessel_classes: tuple[str, ...]) -> li
     return cases
 
 
+def _image_only_case(case: TrainingCase) -> TrainingCase:
+    """``case`` with no label: zero target channels, no vessel voxels, the whole volume as the sampling box."""
+    return TrainingCase(
+        name=case.name,
+        image=case.image,
+        target=np.zeros((0, *case.image.shape), dtype=np.uint8),
+        spacing_zyx=case.spacing_zyx,
+        modality=case.modality,
+        box=tuple((0, n) for n in case.image.shape),
+        vessel_voxels=np.zeros(0, dtype=np.int64),
+    )
+
+
+def _file_image_cases(source: FileSource) -> list[TrainingCase]:
+    """The images of a file source, normalised, without reading any label (label-free training)."""
+    cases = []
+    for image_path, metadata in zip(source.images, source.metadata or (None,) * source.count, strict=True):
+        volume = read_volume(image_path, spacing_xyz=source.spacing_xyz, metadata_path=metadata)
+        image = normalize_intensity(volume.array, source.modality)
+        empty = np.zeros((0, *image.shape), dtype=np.uint8)
+        case = _make_case(image_path.name, image, empty, volume.spacing_zyx, source.modality, None)
+        cases.append(_image_only_case(case))
+    return cases
+
+
 def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[TrainingCase]:
+    if not source.labels:
+        raise ValueError(
+            f"The {source.modality} files from {source.root} have no labels; supervised training needs "
+            'labels = "FOLDER" in the source, or train without labels (training.loss = "umis").'
+        )
     cases = []
     for image_path, label_path, metadata in zip(
         source.images, source.labels, source.metadata or (None,) * source.count, strict=True
@@ -192,7 +222,9 @@ def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[Tra
     return cases
 
 
-def load_cases(source: Source, vessel_classes: Sequence[str]) -> list[TrainingCase]:
+def load_cases(
+    source: Source, vessel_classes: Sequence[str], *, images_only: bool = False
+) -> list[TrainingCase]:
     """The cases of one data source, made or read once per process and then kept in memory.
 
     Parameters
@@ -200,35 +232,41 @@ def load_cases(source: Source, vessel_classes: Sequence[str]) -> list[TrainingCa
     source : PhantomSource or FileSource
     vessel_classes : sequence of str
         The model's classes, in output-channel order.
+    images_only : bool
+        Label-free training (UMIS): no label file is read, each case's ``target`` has 0 channels and
+        ``vessel_voxels`` is empty, so nothing downstream can see a label.
 
     Returns
     -------
     list of TrainingCase
         Do not modify the arrays: they are shared between callers.
     """
-    classes = tuple(vessel_classes)
-    key = (repr(source), classes)
+    classes = () if images_only else tuple(vessel_classes)
+    key = (repr(source), classes, images_only)
     if key not in _CASE_CACHE:
         if isinstance(source, PhantomSource):
-            _CASE_CACHE[key] = _phantom_cases(source, classes)
+            cases = _phantom_cases(source, tuple(vessel_classes))
+            _CASE_CACHE[key] = [_image_only_case(c) for c in cases] if images_only else cases
+        elif images_only:
+            _CASE_CACHE[key] = _file_image_cases(source)
         else:
             _CASE_CACHE[key] = _file_cases(source, classes)
-        logger.info("Loaded %s", source.describe())
+        logger.info("Loaded %s%s", source.describe(), " (images only)" if images_only else "")
     return _CASE_CACHE[key]
 
 
 def load_source_list(
-    sources: Sequence[Source], vessel_classes: Sequence[str]
+    sources: Sequence[Source], vessel_classes: Sequence[str], *, images_only: bool = False
 ) -> tuple[list[TrainingCase], np.ndarray]:
     """All cases of ``sources`` and each case's sampling probability.
 
     A source's ``weight`` is its share of the patches (split evenly over its cases); without weights every
-    case is equally likely.
+    case is equally likely. ``images_only``: see :func:`load_cases`.
     """
     cases: list[TrainingCase] = []
     weights: list[float] = []
     for source in sources:
-        source_cases = load_cases(source, vessel_classes)
+        source_cases = load_cases(source, vessel_classes, images_only=images_only)
         share = source.weight if source.weight is not None else float(len(source_cases))
         cases += source_cases
         weights += [share / len(source_cases)] * len(source_cases)

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.config import UMIS_LOSSES
 from trainer.loop import BEST_WEIGHTS, RUN_RECORD
+from trainer.unsupervised import LOSS_PRESETS
 from VesselSegLib.models.checkpoint import card_path_for, load_checkpoint, save_checkpoint
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -113,7 +115,7 @@ def export_run(
     sha256 = save_checkpoint(
         network, weights_path, architecture=record["architecture"], arguments=record["arguments"], card=card
     )
-    return {
+    entry = {
         "name": name,
         "display_name": display_name,
         "kind": "network",
@@ -130,6 +132,17 @@ def export_run(
         "thresholds": thresholds,
         "card": card_path_for(weights_path).name,
     }
+    if training.get("loss") in UMIS_LOSSES:
+        # A label-free model adapts to the user's stack on request (VesselSegLib/methods/adaptive.py).
+        entry["implementation"] = "VesselSegLib.methods.adaptive:AdaptiveNetwork"
+        entry["settings"] = {
+            "default_adaptation_s": 0,
+            "adaptation_learning_rate": 1e-4,
+            "adaptation_patch_size_zyx": list(record["patch_size_zyx"]),
+            "adaptation_batch_size": 2,
+            "adaptation_loss_weights": LOSS_PRESETS[training["loss"]],
+        }
+    return entry
 
 
 __all__ = ["export_run"]

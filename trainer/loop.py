@@ -52,7 +52,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from trainer.config import TrainConfig
+from trainer.config import UMIS_LOSSES, TrainConfig
 from trainer.datasets import PatchSampler, TrainingCase, load_source_list
 from trainer.distributed import (
     DistributedContext,
@@ -163,8 +163,9 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 class Trainer:
     """Trains the network a :class:`TrainConfig` describes.
 
-    Override a hook to change one step: ``build_model``, ``build_loss``, ``build_optimizer``,
-    ``build_scheduler``, ``train_step``, ``validate``, ``on_epoch_end``.
+    Override a hook to change one step: ``load_cases``, ``build_model``, ``build_loss``, ``build_optimizer``,
+    ``build_scheduler``, ``train_step``, ``validate``, ``choose_thresholds``, ``on_epoch_end``
+    (``trainer/unsupervised.py`` does, for label-free training).
 
     Parameters
     ----------
@@ -205,6 +206,10 @@ class Trainer:
         self.thresholds: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------- hooks
+
+    def load_cases(self, sources) -> tuple[list[TrainingCase], np.ndarray]:
+        """The cases of ``sources`` (images and targets) and their sampling probabilities."""
+        return load_source_list(sources, self.vessel_classes)
 
     def build_model(self) -> nn.Module:
         """The network, initialised from ``training.init_weights`` when given (fine-tuning)."""
@@ -390,7 +395,7 @@ class Trainer:
         self.loss_function = self.build_loss()
         self.optimizer = self.build_optimizer(self.model)
         self.scheduler = self.build_scheduler(self.optimizer)
-        cases, probabilities = load_source_list(self.config.data.training, self.vessel_classes)
+        cases, probabilities = self.load_cases(self.config.data.training)
         self.sampler = PatchSampler(
             cases,
             training.patch_size_zyx,
@@ -401,7 +406,7 @@ class Trainer:
         )
         self.validation_cases: list[TrainingCase] = []
         if self.context.is_main:
-            self.validation_cases, _ = load_source_list(self.config.data.validation, self.vessel_classes)
+            self.validation_cases, _ = self.load_cases(self.config.data.validation)
         state_path = self.run_dir / LAST_STATE
         if self.resume:
             if not state_path.is_file():
@@ -695,9 +700,19 @@ def run_training(
     *,
     resume: bool = False,
     command: Sequence[str] | None = None,
-    trainer_class: type[Trainer] = Trainer,
+    trainer_class: type[Trainer] | None = None,
 ) -> TrainingSummary:
-    """Set up torch.distributed when launched by torchrun, train, and tear it down again."""
+    """Set up torch.distributed when launched by torchrun, train, and tear it down again.
+
+    ``trainer_class`` defaults to :class:`Trainer`, or to ``trainer.unsupervised.UnsupervisedTrainer`` when
+    the configured loss is label-free (``training.loss = "umis"``).
+    """
+    if trainer_class is None:
+        trainer_class = Trainer
+        if config.training.loss in UMIS_LOSSES:
+            from trainer.unsupervised import UnsupervisedTrainer
+
+            trainer_class = UnsupervisedTrainer
     context = init_distributed(config.training.device)
     try:
         return trainer_class(config, resume=resume, command=command, context=context).fit()

@@ -67,6 +67,15 @@ def add_request_options(parser: argparse.ArgumentParser, *, default_modality: st
         "about 4x the inference time. Networks only.",
     )
     parser.add_argument(
+        "--adapt-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="Adapt the model to this stack first: keep training a copy of it on the stack with the label-free "
+        "UMIS loss for S seconds (0-600; 0 = off; default: the model's, off for the shipped ones). Only "
+        "methods that can adapt (e.g. umis); most useful on stacks unlike the training data.",
+    )
+    parser.add_argument(
         "--threshold",
         action="append",
         metavar="CLASS=VALUE",
@@ -175,6 +184,7 @@ def request_from_args(
         keep_probabilities=getattr(args, "probabilities", False),
         create_models=not getattr(args, "no_models", True),
         create_graph=getattr(args, "graph", False),
+        adaptation_budget_s=getattr(args, "adapt_seconds", None),
     )
 
 

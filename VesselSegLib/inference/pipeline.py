@@ -232,7 +232,9 @@ def _adapt_and_predict(plan, images: MethodImages, device: str, timings: dict, p
     adaptation: dict = {}
     predict_start = _PREDICT_START
     if isinstance(plan.method, AdaptiveMethod):
-        budget = plan.request.adaptation_budget_s or plan.method.default_adaptation_budget_s
+        budget = plan.request.adaptation_budget_s
+        if budget is None:
+            budget = plan.method.default_adaptation_budget_s
         predict_start = (_PREDICT_START + _PREDICT_STOP) / 2
         adaptation = plan.method.adapt(
             images,

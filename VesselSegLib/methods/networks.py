@@ -62,6 +62,10 @@ class NetworkEnsemble(MethodBase):
             return self.entry.sha256
         return ";".join(f"{member.name}={member.sha256}" for member, _ in self.members.values())
 
+    def network_for(self, member):
+        """The network that predicts ``member``'s classes: its registry weights (adaptive kinds override)."""
+        return member.load_network()
+
     def _image_for(self, member, images: MethodImages):
         """The image a member reads: the input for a plain network, else that of the member's modality."""
         if self.entry.kind == "network" or member.input_modality == images.preset.name:
@@ -95,7 +99,7 @@ class NetworkEnsemble(MethodBase):
             )
         probabilities, thresholds = {}, {}
         for index, (member, classes) in enumerate(runnable):
-            network = member.load_network()
+            network = self.network_for(member)
             patch = plan.patch_size_for(member)
             divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
             if any(p % d for p, d in zip(patch, divisor, strict=True)):

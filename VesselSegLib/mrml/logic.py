@@ -200,6 +200,13 @@ class VesselSegLogic:
         """Registry entries that handle ``modality`` (ValueError for an unknown preset)."""
         return self._registry().entries(get_preset(modality).name)
 
+    def methodCanAdapt(self, name: str) -> bool:
+        """Whether method ``name`` can adapt to the stack before segmenting (UMIS's label-free test-time
+        training; ``SegmentationRequest.adaptation_budget_s``); the panel enables its control only then."""
+        from VesselSegLib.methods import method_class
+
+        return hasattr(method_class(self._registry().get(name)), "adapt")
+
     def defaultMethod(self, modality: str) -> str:
         """Name of the registry's recommended method for ``modality``."""
         return self._registry().default_for(get_preset(modality).name).name
