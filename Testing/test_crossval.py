@@ -249,3 +249,45 @@ def test_harness_scores_every_stack_once_and_trains_on_training_stacks_only(tmp_
     mtime = (tmp_path / "run" / "tiny" / "fold-0" / "train" / "best.safetensors").stat().st_mtime
     assert harness.main(arguments) == 0
     assert (tmp_path / "run" / "tiny" / "fold-0" / "train" / "best.safetensors").stat().st_mtime == mtime
+
+
+@pytest.mark.slow
+def test_harness_trains_a_label_free_method_per_fold_and_scores_its_adaptation(tmp_path, capsys):
+    harness = _load_harness()
+    _write_2pm_stacks(tmp_path / "data", 4)
+    config = tmp_path / "tiny_umis.toml"
+    config.write_text(
+        (REPO / "trainer" / "configs" / "umis_2pm.toml")
+        .read_text()
+        .replace("epochs = 12", "epochs = 1")
+        .replace("patches_per_epoch = 160", "patches_per_epoch = 8")
+        .replace("patch_size_zyx = [16, 128, 128]", "patch_size_zyx = [16, 32, 32]")
+        .replace("count = 8", "count = 1")
+        .replace("widths = [16, 32, 64, 128]", "widths = [4, 8, 8, 8]")
+        .replace("blocks = [2, 2, 2, 2]", "blocks = [1, 1, 1, 1]")
+        .replace("decoder_widths = [32, 16, 8]", "decoder_widths = [8, 4, 4]")
+    )
+    arguments = [
+        "--methods", f"umisx={config}", "--folds", "2", "--data-root", str(tmp_path / "data"),
+        "--run-dir", str(tmp_path / "run"), "--threads", "1", "--train-threads", "1",
+    ]  # fmt: skip
+    assert harness.main(arguments) == 0
+    folds = json.loads((tmp_path / "run" / "folds.json").read_text())["folds"]
+    for fold in folds:
+        record = json.loads(
+            (tmp_path / "run" / "umisx" / f"fold-{fold['index']}" / "train" / "run.json").read_text()
+        )
+        trained = " ".join(record["training_data"])
+        assert "no labels" in trained and all(name not in trained for name in fold["test"])
+        assert record["decision_thresholds"]["selection"] == "fixed"
+    capsys.readouterr()
+    weights = tmp_path / "run" / "umisx" / "fold-0" / "models" / "umisx.safetensors"
+    before = weights.read_bytes()
+    assert harness.main([*arguments, "--adapt-seconds", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| umisx+adapt1 | 4 |" in table
+    rows = list(csv.DictReader((tmp_path / "run" / "scores.csv").open()))
+    adapted = [r for r in rows if r["method"] == "umisx+adapt1"]
+    assert sorted(r["stack"] for r in adapted) == ["s0", "s1", "s2", "s3"]
+    assert all(float(r["segment_s"]) >= 1.0 for r in adapted)  # the adaptation's second is in the time
+    assert weights.read_bytes() == before  # the fold's model file is never changed by adapting

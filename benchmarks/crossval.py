@@ -3,6 +3,7 @@
     python benchmarks/crossval.py --methods frangi vnet-2pm=trainer/configs/vnet_2pm.toml --folds 4
     python benchmarks/crossval.py --methods vnet-2pm=trainer/configs/vnet_2pm.toml --fold 2   # one fold
     python benchmarks/crossval.py --methods vnet-2pm=trainer/configs/vnet_2pm.toml --tta     # + flips
+    python benchmarks/crossval.py --methods umis=trainer/configs/umis_2pm.toml --adapt-seconds 60  # + adaptation
 
 The 8 VesselNN stacks (``--data-root``, default ``$VESSELSEG_VESSELNN`` or ``../shared/data/vesselnn``) are
 split into folds by stack (:func:`trainer.crossval.make_folds`). A method is either
@@ -10,7 +11,9 @@ split into folds by stack (:func:`trainer.crossval.make_folds`). A method is eit
 - ``NAME=CONFIG.toml``: trained per fold with the trainer on the fold's training stacks (plus whatever
   phantoms the configuration adds); the best epoch and the decision threshold are chosen on the fold's
   inner validation stack (from the training folds); the fold's model is exported to a fold registry and the
-  held-out stacks are segmented through it, with the threshold its card stores; or
+  held-out stacks are segmented through it, with the threshold its card stores (a label-free configuration,
+  ``training.loss = "umis"``, reads the training stacks' images only and keeps its last epoch and a fixed
+  threshold: nothing is chosen with labels); or
 - ``NAME``: a registry method that learns nothing from labels (classical filters, unsupervised methods).
   It is scored twice: as shipped (``NAME``: its own automatic threshold) and as ``NAME+tuned`` (the threshold
   with the best mean Dice on the fold's training and validation stacks, applied to its test stacks).
@@ -157,8 +160,23 @@ def score_row(
     }
 
 
-def segment(stack: Stack, method: str, registry: ModelRegistry, *, tta: bool):
-    fields = {"test_time_augmentation": True} if tta else {}
+def variant_suffix(args) -> str:
+    """What is added to a method's name in the table for the inference options: "+tta", "+adapt60"."""
+    suffix = "+tta" if args.tta else ""
+    if args.adapt_seconds is not None:
+        suffix += f"+adapt{args.adapt_seconds:g}"
+    return suffix
+
+
+def variant_tag(args) -> str:
+    """The same for cache file names ("-tta-adapt60")."""
+    return variant_suffix(args).replace("+", "-")
+
+
+def segment(stack: Stack, method: str, registry: ModelRegistry, args):
+    fields = {"test_time_augmentation": True} if args.tta else {}
+    if args.adapt_seconds is not None:
+        fields["adaptation_budget_s"] = args.adapt_seconds
     started = time.monotonic()
     result = segment_image(
         stack.image,
@@ -215,17 +233,17 @@ def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegis
 
 
 def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) -> list[dict]:
-    suffix = "+tta" if args.tta else ""
+    suffix = variant_suffix(args)
     label = spec.name + suffix
     fold_dir = method_dir(spec, args) / f"fold-{fold.index}"
-    scores_path = fold_dir / f"scores{'-tta' if args.tta else ''}.json"
+    scores_path = fold_dir / f"scores{variant_tag(args)}.json"
     if scores_path.is_file():
         return json.loads(scores_path.read_text())
     registry = train_fold(spec, fold, fold_dir, args)
     record = json.loads((fold_dir / "train" / RUN_RECORD).read_text())
     rows = []
     for name in fold.test:
-        decision, probabilities, threshold, seconds = segment(stacks[name], spec.name, registry, tta=args.tta)
+        decision, probabilities, threshold, seconds = segment(stacks[name], spec.name, registry, args)
         timing = {
             "segment_s": round(seconds, 1),
             "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
@@ -249,7 +267,7 @@ def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) ->
 
 def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.ndarray, float, float]:
     """The method's own decision and score map of one stack (cached: they do not depend on the fold)."""
-    cache = args.run_dir / spec.name / "stacks" / f"{stack.name}{'-tta' if args.tta else ''}.npz"
+    cache = args.run_dir / spec.name / "stacks" / f"{stack.name}{variant_tag(args)}.npz"
     if cache.is_file():
         stored = np.load(cache)
         return (
@@ -258,9 +276,7 @@ def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.nda
             float(stored["threshold"]),
             float(stored["seconds"]),
         )
-    decision, probabilities, threshold, seconds = segment(
-        stack, spec.name, ModelRegistry.default(), tta=args.tta
-    )
+    decision, probabilities, threshold, seconds = segment(stack, spec.name, ModelRegistry.default(), args)
     cache.parent.mkdir(parents=True, exist_ok=True)
     threshold = math.nan if threshold is None else float(threshold)
     np.savez_compressed(
@@ -277,7 +293,7 @@ def run_untrained(
     spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args, maps: dict[str, tuple]
 ) -> list[dict]:
     """``maps``: :func:`stack_maps` of every stack, read once for all folds."""
-    suffix = "+tta" if args.tta else ""
+    suffix = variant_suffix(args)
     tuning = [*fold.training, *fold.validation]
     tuned, _ = best_threshold(
         [maps[n][1] for n in tuning], [stacks[n].reference for n in tuning], candidates=TUNING_CANDIDATES
@@ -398,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/crossval"))
     parser.add_argument("--epochs", type=int, help="override the configurations' epochs (quick checks only)")
     parser.add_argument("--tta", action="store_true", help="score with test-time flips (models are reused)")
+    parser.add_argument(
+        "--adapt-seconds",
+        type=float,
+        help="adapt each model to each held-out stack for this many seconds first (adaptive methods, e.g. UMIS; "
+        "models are reused)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads for inference")
     parser.add_argument("--train-threads", type=int, help="override the configurations' num_threads")
     parser.add_argument(
@@ -435,8 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                         untrained_maps[spec.name] = {n: stack_maps(spec, stacks[n], args) for n in stacks}
                     rows += run_untrained(spec, fold, stacks, args, untrained_maps[spec.name])
             elif spec.config is not None:  # other folds' cached scores still belong in the table
-                tta = "-tta" if args.tta else ""
-                cached = method_dir(spec, args) / f"fold-{fold.index}" / f"scores{tta}.json"
+                cached = method_dir(spec, args) / f"fold-{fold.index}" / f"scores{variant_tag(args)}.json"
                 if cached.is_file():
                     rows += json.loads(cached.read_text())
     table = summarise(rows)
