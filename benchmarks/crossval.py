@@ -276,7 +276,8 @@ def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.nda
             float(stored["threshold"]),
             float(stored["seconds"]),
         )
-    decision, probabilities, threshold, seconds = segment(stack, spec.name, ModelRegistry.default(), args)
+    registry = ModelRegistry.from_file(args.registry) if args.registry else ModelRegistry.default()
+    decision, probabilities, threshold, seconds = segment(stack, spec.name, registry, args)
     cache.parent.mkdir(parents=True, exist_ok=True)
     threshold = math.nan if threshold is None else float(threshold)
     np.savez_compressed(
@@ -414,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/crossval"))
     parser.add_argument("--epochs", type=int, help="override the configurations' epochs (quick checks only)")
     parser.add_argument("--tta", action="store_true", help="score with test-time flips (models are reused)")
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        help="models.json to find untrained (bare NAME) methods in; default: the shipped registry. E.g. a "
+        "model trained on phantoms only, for the cross-domain figure",
+    )
     parser.add_argument(
         "--adapt-seconds",
         type=float,

@@ -7,6 +7,7 @@ Under ``torchrun --nproc_per_node=N -m trainer train CONFIG`` the processes trai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         "configuration's root, which may read an environment variable such as VESSELSEG_VESSELNN)",
     )
     train.add_argument("--epochs", type=int, help="override training.epochs")
+    train.add_argument(
+        "--threads",
+        type=int,
+        help="override training.num_threads (a machine setting: 1 when another job shares 2 cores)",
+    )
     train.add_argument("--quiet", action="store_true", help="log warnings only")
     export = commands.add_parser(
         "export",
@@ -82,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = load_config(arguments.config, data_root=arguments.data_root)
             config = config.with_overrides(run_dir=arguments.run_dir, epochs=arguments.epochs)
+            if arguments.threads is not None:
+                if arguments.threads < 1:
+                    raise ValueError(f"--threads must be >= 1, got {arguments.threads}.")
+                config = dataclasses.replace(
+                    config, training=dataclasses.replace(config.training, num_threads=arguments.threads)
+                )
             summary = run_training(config, resume=arguments.resume, command=_command_line(argv))
             if summary.interrupted:
                 return EXIT_INTERRUPTED
