@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from VesselSegLib.models.rose import ROSENet
 from VesselSegLib.models.umis import UMISNet
 from VesselSegLib.models.unet3d import UNet3D
 from VesselSegLib.models.vcnet import VCNet
@@ -14,6 +15,7 @@ from VesselSegLib.models.vnet import VNet3D
 # Architecture name (as written in checkpoints and models.json) -> class. Later models (V-Net, ...)
 # register here.
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {
+    "ROSENet": ROSENet,
     "UMISNet": UMISNet,
     "UNet3D": UNet3D,
     "VCNet": VCNet,

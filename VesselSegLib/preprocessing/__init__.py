@@ -1,5 +1,6 @@
 """Input checks, modality presets, intensity normalisation and resampling to a model's spacing."""
 
+from VesselSegLib.preprocessing.low_resolution import simulate_low_resolution
 from VesselSegLib.preprocessing.microscopy import (
     estimate_intensity_scale,
     median_filter_3d,
@@ -44,6 +45,7 @@ __all__ = [
     "resample_to_grid",
     "resample_to_spacing",
     "scale_intensity",
+    "simulate_low_resolution",
     "subtract_slice_median",
     "validate_image",
     "validate_mask",
