@@ -172,6 +172,55 @@ class TrainingConfig:
     #: background, depth attenuation, blur, noise, resolution, slice jumps; trainer/randomisation.py). An
     #: empty table turns on the 2PM defaults; no table: none.
     randomisation: DomainRandomisation | None = None
+    #: ``[training.super_resolution]``: train a 2x super-resolution segmenter (ROSE) on simulated
+    #: low-resolution inputs of the cases (trainer/super_resolution.py); None: ordinary training.
+    super_resolution: SuperResolutionSpec | None = None
+
+
+@dataclass(frozen=True)
+class SuperResolutionSpec:
+    """``[training.super_resolution]``: how low-resolution inputs are simulated, and lambda of ROSE eq. (5).
+
+    Attributes
+    ----------
+    truncation_zyx : 3 floats >= 1
+        k-space factors ``(c_z, c_y, c_x)`` (paper: 1, 3, 3, the phase-encoding plane only).
+    downsample : int
+        ``r`` on every axis (paper: 2); the network's ``output_scale_zyx`` must equal it.
+    kept_fraction : {"1/c", "(c-1)/c"}
+        How ``c`` is read (VesselSegLib/preprocessing/low_resolution.py says why 1/c by default).
+    image_loss_weight : float
+        lambda of eq. (5), 0.1; 0 trains the same network without SR supervision (an ablation).
+    """
+
+    truncation_zyx: tuple[float, float, float] = (1.0, 3.0, 3.0)
+    downsample: int = 2
+    kept_fraction: str = "1/c"
+    image_loss_weight: float = 0.1
+
+
+def _super_resolution(value: Any) -> SuperResolutionSpec | None:
+    if value is None:
+        return None
+    where = "training.super_resolution"
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a table ([{where}]), got {value!r}.")
+    _check_keys(value, where, {"truncation_zyx", "downsample", "kept_fraction", "image_loss_weight"}, set())
+    defaults = SuperResolutionSpec()
+    truncation = value.get("truncation_zyx", list(defaults.truncation_zyx))
+    truncation = _triple(truncation, f"{where}.truncation_zyx", integer=False, minimum=0)
+    if min(truncation) < 1:
+        raise ValueError(f"{where}.truncation_zyx factors must be >= 1 (1: no truncation), got {truncation}.")
+    return SuperResolutionSpec(
+        truncation_zyx=tuple(float(c) for c in truncation),
+        downsample=_integer(value.get("downsample", defaults.downsample), f"{where}.downsample", 1),
+        kept_fraction=_choice(
+            value.get("kept_fraction", defaults.kept_fraction), f"{where}.kept_fraction", ["1/c", "(c-1)/c"]
+        ),
+        image_loss_weight=_number(
+            value.get("image_loss_weight", defaults.image_loss_weight), f"{where}.image_loss_weight", 0, 100
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -591,6 +640,7 @@ def parse_config(
         cldice_every=_integer(t.get("cldice_every", defaults.cldice_every), "training.cldice_every", 0),
         init_weights=init_weights,
         randomisation=_randomisation(t.get("randomisation")),
+        super_resolution=_super_resolution(t.get("super_resolution")),
     )
 
     out = raw["output"]

@@ -132,6 +132,17 @@ def export_run(
         "thresholds": thresholds,
         "card": card_path_for(weights_path).name,
     }
+    super_resolution = training.get("super_resolution")
+    if super_resolution is not None:
+        # The registry describes the network's input: the low-resolution window and voxel size.
+        factor = int(super_resolution.get("downsample", 2))
+        entry["implementation"] = "VesselSegLib.methods.super_resolution:SuperResolutionNetwork"
+        entry["patch_size_zyx"] = [int(p) // factor for p in record["patch_size_zyx"]]
+        spacing = record["training_spacing_zyx"]
+        if isinstance(spacing, dict):
+            entry["spacing_mm_zyx"] = {m: [factor * v for v in s] for m, s in spacing.items()}
+        elif spacing:
+            entry["spacing_mm_zyx"] = [factor * v for v in spacing]
     if training.get("loss") in UMIS_LOSSES:
         # A label-free model adapts to the user's stack on request (VesselSegLib/methods/adaptive.py).
         entry["implementation"] = "VesselSegLib.methods.adaptive:AdaptiveNetwork"

@@ -705,7 +705,8 @@ def run_training(
     """Set up torch.distributed when launched by torchrun, train, and tear it down again.
 
     ``trainer_class`` defaults to :class:`Trainer`, or to ``trainer.unsupervised.UnsupervisedTrainer`` when
-    the configured loss is label-free (``training.loss = "umis"``).
+    the configured loss is label-free (``training.loss = "umis"``), or to
+    ``trainer.super_resolution.SuperResolutionTrainer`` with a ``[training.super_resolution]`` table (ROSE).
     """
     if trainer_class is None:
         trainer_class = Trainer
@@ -713,6 +714,10 @@ def run_training(
             from trainer.unsupervised import UnsupervisedTrainer
 
             trainer_class = UnsupervisedTrainer
+        elif config.training.super_resolution is not None:
+            from trainer.super_resolution import SuperResolutionTrainer
+
+            trainer_class = SuperResolutionTrainer
     context = init_distributed(config.training.device)
     try:
         return trainer_class(config, resume=resume, command=command, context=context).fit()
