@@ -209,6 +209,11 @@ def test_export_makes_an_adaptive_registry_entry(trained_run, tmp_path):
     assert entry["settings"]["default_adaptation_s"] == 0
     assert entry["settings"]["adaptation_loss_weights"] == "notes"
     assert entry["thresholds"] == {"micro": 0.5}
+    assert entry["spacing_mm_zyx"] is not None
+    mixed = export_run(
+        trained_run, name="umis-mixed", out_dir=tmp_path, modalities=["2PM"], mixed_spacing=True
+    )
+    assert mixed["spacing_mm_zyx"] is None  # trained at several voxel sizes: inputs are not resampled
 
 
 def test_a_supervised_network_cannot_be_trained_with_the_umis_loss(tmp_path):

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -60,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--modalities", nargs="+", help="presets the model accepts (default: trained ones)")
     export.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default 0.25)")
     export.add_argument("--threshold", type=float, help="probability threshold for every class")
+    export.add_argument(
+        "--mixed-spacing",
+        action="store_true",
+        help="trained at several voxel sizes: give no training spacing (inputs are not resampled)",
+    )
+    export.add_argument(
+        "--registry",
+        action="store_true",
+        help="also write OUT/models.json holding this entry alone (not for Resources/Models)",
+    )
     return parser
 
 
@@ -108,7 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             modalities=arguments.modalities,
             overlap=arguments.overlap,
             threshold=arguments.threshold,
+            mixed_spacing=arguments.mixed_spacing,
         )
+        if (
+            arguments.registry
+        ):  # a models.json holding this entry alone, e.g. for benchmarks/crossval.py --registry
+            registry = Path(arguments.out) / "models.json"
+            registry.write_text(json.dumps({"schema_version": 1, "models": [entry]}, indent=2) + "\n")
         print(json.dumps(entry, indent=2))  # the registry entry is this command's output
         return 0
     except (ValueError, OSError) as error:

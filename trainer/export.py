@@ -31,6 +31,7 @@ def export_run(
     modalities: Sequence[str] | None = None,
     overlap: float = 0.25,
     threshold: float | None = None,
+    mixed_spacing: bool = False,
 ) -> dict[str, Any]:
     """Write ``out_dir/NAME.safetensors`` + ``NAME.card.json`` from ``run_dir``'s best checkpoint.
 
@@ -51,6 +52,9 @@ def export_run(
     threshold : float, optional
         Probability threshold for every class (default: the thresholds the run chose on its validation
         cases, ``run.json: decision_thresholds``; for older runs ``validation_threshold``).
+    mixed_spacing : bool
+        The model was trained at several voxel sizes (e.g. 2PM phantoms at 1 and 2 um): the entry gives no
+        training spacing, so inputs are not resampled to the median one.
 
     Returns
     -------
@@ -132,13 +136,15 @@ def export_run(
         "thresholds": thresholds,
         "card": card_path_for(weights_path).name,
     }
+    if mixed_spacing:
+        entry["spacing_mm_zyx"] = None
     super_resolution = training.get("super_resolution")
     if super_resolution is not None:
         # The registry describes the network's input: the low-resolution window and voxel size.
         factor = int(super_resolution.get("downsample", 2))
         entry["implementation"] = "VesselSegLib.methods.super_resolution:SuperResolutionNetwork"
         entry["patch_size_zyx"] = [int(p) // factor for p in record["patch_size_zyx"]]
-        spacing = record["training_spacing_zyx"]
+        spacing = entry["spacing_mm_zyx"]
         if isinstance(spacing, dict):
             entry["spacing_mm_zyx"] = {m: [factor * v for v in s] for m, s in spacing.items()}
         elif spacing:
