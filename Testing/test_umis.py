@@ -249,7 +249,7 @@ def test_adaptation_keeps_to_its_budget_with_monotone_progress_and_leaves_the_or
     )
     elapsed = time.perf_counter() - started
     step = record["seconds"] / record["steps"]
-    assert record["steps"] >= 2 and not record["collapsed"]
+    assert record["steps"] >= 1 and not record["collapsed"]
     assert elapsed <= 2.0 + 2 * step + 0.5  # budget + one step (and the copy and the final bookkeeping)
     assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] <= 1
     assert len(fractions) == record["steps"]

@@ -47,7 +47,7 @@ CLASS_MAP_FILE = "class_map.npy"
 JOB_FORMAT = "vesselseg-job"
 JOB_VERSION = 1
 _STAGING_PREFIX = ".result-partial-"
-_ARRAY_FIELDS = ("class_map", "probabilities")
+_ARRAY_FIELDS = ("class_map", "probabilities", "images")
 _TUPLE_FIELDS = ("vessel_classes", "spacing_zyx", "output_scale_zyx")
 
 PROGRESS, DONE, ERROR, CANCELLED = "PROGRESS", "DONE", "ERROR", "CANCELLED"
@@ -184,10 +184,15 @@ def write_result(folder: str | os.PathLike, result: SegmentationResult) -> Path:
         for name, probability in result.probabilities.items():
             probability_files[name] = f"probability_{name}.npy"
             np.save(staging / probability_files[name], np.asarray(probability, dtype=np.float32))
+        image_files = {}  # auxiliary images (ROSE's super-resolved image), as arrays, not JSON lists
+        for name, image in result.images.items():
+            image_files[name] = f"image_{name}.npy"
+            np.save(staging / image_files[name], np.asarray(image, dtype=np.float32))
         record = {
             item.name: getattr(result, item.name) for item in fields(result) if item.name not in _ARRAY_FIELDS
         }
         record["probability_files"] = probability_files
+        record["image_files"] = image_files
         (staging / RESULT_FILE).write_text(
             json.dumps(record, indent=1, default=_json_ready), encoding="utf-8"
         )
@@ -212,12 +217,14 @@ def read_result(folder: str | os.PathLike) -> SegmentationResult:
     except FileNotFoundError:
         raise ValueError(f"{result_folder} holds no result; the segmentation did not finish.") from None
     probability_files = record.pop("probability_files", {})
+    image_files = record.pop("image_files", {})
     for name in _TUPLE_FIELDS:
         record[name] = tuple(record[name])
     load = lambda name: np.load(result_folder / name, allow_pickle=False)  # noqa: E731
     return SegmentationResult(
         class_map=load(CLASS_MAP_FILE),
         probabilities={name: load(file) for name, file in probability_files.items()},
+        images={name: load(file) for name, file in image_files.items()},
         **record,
     )
 

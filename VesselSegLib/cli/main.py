@@ -237,7 +237,8 @@ def _node_name(path: Path) -> str:
 
 
 def _write_segment_outputs(args, staging: Path, inputs, outputs) -> dict:
-    """Write the segmentation, labels, models, graph, probabilities and preview into ``staging``."""
+    """Write the segmentation, labels, models, graph, probabilities, the method's auxiliary images (ROSE's
+    ``super_resolved.nrrd``) and the preview into ``staging``."""
     from VesselSegLib.io import write_volume
     from VesselSegLib.mrml.export import write_model_files, write_segmentation
     from VesselSegLib.preprocessing import normalize_intensity
@@ -268,6 +269,10 @@ def _write_segment_outputs(args, staging: Path, inputs, outputs) -> dict:
             result.output_volume(inputs.image, probability), staging / f"probability_{name}.nii.gz"
         )
         files["probabilities"][name] = path.name
+    files["images"] = {}
+    for name, array in result.images.items():  # e.g. ROSE's super_resolved.nrrd, on the output grid
+        path = write_volume(result.output_volume(inputs.image, array), staging / f"{name}.nrrd")
+        files["images"][name] = path.name
     mask = None if inputs.mask is None else inputs.mask.array > 0
     normalized = normalize_intensity(inputs.image.array, outputs.result.modality, mask)
     for axis, factor in enumerate(result.output_scale_zyx):  # the preview shows the class map's grid
@@ -313,6 +318,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             companionVolumes={m: node(v, f"companion_{m}") for m, v in inputs.companions.items()} or None,
             referenceVolume=node(inputs.reference, "reference"),
             createProbabilityVolumes=False,  # written as files from the result's arrays
+            createImageVolumes=False,  # likewise (super_resolved.nrrd)
             spacingGiven=inputs.spacing_given,
             progressCallback=progress,
         )

@@ -18,6 +18,7 @@ benchmarks, and :func:`segment_image` for plain arrays. The steps, in order:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,14 @@ class SegmentationResult:
     """The voxel-size plausibility decision (``SpacingDecision.as_record``)."""
     adaptation: dict = field(default_factory=dict)
     """What an adaptive method's test-time adaptation did; empty for other methods."""
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    """Named auxiliary images of the method on the output grid, float32 (Z', Y', X'): ``"super_resolved"``
+    for ROSE (``MethodPrediction.images``); brought back from the model's grid like the probabilities, not
+    masked; empty for most methods. :meth:`output_volume` gives each its geometry."""
+
+    def __post_init__(self) -> None:
+        # float32 arrays whatever the source (a result read back from JSON holds nested lists).
+        self.images = {name: np.asarray(image, dtype=np.float32) for name, image in self.images.items()}
 
     def binary_mask(self, class_name: str) -> np.ndarray:
         """Voxels labelled ``class_name``, shape (Z', Y', X'), bool."""
@@ -256,10 +265,11 @@ def _adapt_and_predict(plan, images: MethodImages, device: str, timings: dict, p
 def _on_output_grid(
     prediction, plan, images: MethodImages, model_images: MethodImages, scale, resampled: bool
 ):
-    """(probabilities, decisions) on the input's output grid, zero outside the mask.
+    """(probabilities, decisions, auxiliary images) on the input's output grid; the maps zero outside the mask.
 
     The prediction is on the model's grid (times the method's output scale); when the images were resampled,
-    each map is brought back linearly onto the input's exact grid (times the scale).
+    each map and image is brought back linearly onto the input's exact grid (times the scale). The auxiliary
+    images (a super-resolved input) are pictures, not vessel maps: the mask does not cut them.
     """
     model_shape = tuple(n * k for n, k in zip(model_images.image.shape, scale, strict=True))
     output_shape = tuple(n * k for n, k in zip(images.image.shape, scale, strict=True))
@@ -280,6 +290,16 @@ def _on_output_grid(
         )
 
     probabilities = {name: back(name, array) for name, array in prediction.probabilities.items()}
+    for name in prediction.images:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise RuntimeError(
+                f"{plan.entry.name} returned an image named {name!r}; image names are lower-case letters, "
+                "digits and underscores (they become file and node names)."
+            )
+    auxiliary = {
+        name: np.asarray(back(f"{name} image", array), dtype=np.float32)
+        for name, array in prediction.images.items()
+    }
     decisions = (
         probabilities
         if prediction.decisions is None
@@ -292,7 +312,7 @@ def _on_output_grid(
         for maps in (probabilities, decisions):
             for array in maps.values():
                 array[~mask] = 0.0
-    return probabilities, decisions
+    return probabilities, decisions, auxiliary
 
 
 def run_segmentation(
@@ -364,7 +384,7 @@ def run_segmentation(
     tick = time.perf_counter()
     scale = tuple(int(s) for s in plan.method.output_scale_zyx)
     output_spacing = tuple(s / k for s, k in zip(images.spacing_zyx, scale, strict=True))
-    probabilities, decisions = _on_output_grid(
+    probabilities, decisions, auxiliary_images = _on_output_grid(
         prediction, plan, images, model_images, scale, resampling.resample
     )
     class_map = build_class_map(
@@ -395,6 +415,7 @@ def run_segmentation(
         resampling=resampling.as_record(),
         spacing_check=spacing.as_record(),
         adaptation=adaptation,
+        images=auxiliary_images,
     )
 
 

@@ -4,6 +4,13 @@ MONAI does the tiling, padding of small volumes, Gaussian blending and batching;
 desktop tool needs around it: device choice (CUDA, MPS, CPU), mixed precision on CUDA, a CPU fallback on GPU
 out-of-memory, a progress callback, cancellation, and the channels-last memory layout that makes 3D
 convolutions about 1.6x faster on CPU (measured in ``benchmarks/benchmark_inference_runtime.py``).
+
+Networks whose output grid is finer than their input's (ROSE's 2x super-resolution) say so with an
+``output_scale_zyx`` attribute, e.g. (2, 2, 2): the windows are cut from the input as usual and MONAI blends
+each window's ``s`` times larger output on the fine grid (it infers the zoom from the output's shape, scales
+the window positions and the crop of a padded volume by it, and nearest-upsamples the Gaussian weights to the
+output window, so every fine voxel of a coarse voxel gets that coarse voxel's weight). With an integer scale
+every window position and crop is a whole number of fine voxels, for any overlap.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,6 +35,9 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: What :func:`predict_outputs` can blend: the sigmoid of the network's logits (``forward``), and the
+#: super-resolved image of a network with ``forward_all`` returning ``sr_image`` (ROSE's SR stream).
+OUTPUT_NAMES = ("probabilities", "super_resolved")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -74,6 +85,21 @@ def fit_patch_to_volume(
     )
 
 
+def output_scale_of(network: nn.Module) -> tuple[int, int, int]:
+    """Output voxels per input voxel along (Z, Y, X): the network's ``output_scale_zyx``, else (1, 1, 1)."""
+    scale = tuple(getattr(network, "output_scale_zyx", (1, 1, 1)))
+    if len(scale) != 3 or not all(isinstance(s, int | np.integer) and s >= 1 for s in scale):
+        raise ValueError(
+            f"{type(network).__name__}.output_scale_zyx must be 3 positive integers (Z, Y, X), got {scale}."
+        )
+    return tuple(int(s) for s in scale)
+
+
+def has_super_resolved_image(network: nn.Module) -> bool:
+    """Whether ``network.forward_all`` gives a super-resolved image (ROSE built with its SR stream)."""
+    return callable(getattr(network, "forward_all", None)) and bool(getattr(network, "has_sr_stream", True))
+
+
 def _as_overlap(overlap: float | Sequence[float]) -> tuple[float, float, float]:
     values = (overlap,) * 3 if isinstance(overlap, (int, float)) else tuple(overlap)
     if len(values) != 3 or not all(0.0 <= v < 1.0 for v in values):
@@ -100,11 +126,12 @@ def predict_probabilities(
     Parameters
     ----------
     network : nn.Module
-        Maps ``(B, 1, z, y, x)`` to logits ``(B, C, z, y, x)``. Used in eval mode; its mode is restored.
+        Maps ``(B, 1, z, y, x)`` to logits ``(B, C, sz, sy, sx)``, ``s`` its ``output_scale_zyx`` attribute
+        (default (1, 1, 1); ROSE's (2, 2, 2)). Used in eval mode; its mode is restored.
     image : ndarray of float32, shape (Z, Y, X)
         Normalised intensities. Volumes smaller than the patch are padded (MONAI pads with zeros).
     patch_size_zyx : sequence of 3 int
-        Window size. Non-cubic windows such as (16, 128, 128) suit thick-slice MRA slabs.
+        Window size on the input's grid. Non-cubic windows such as (16, 128, 128) suit thick-slice MRA slabs.
     overlap : float or 3 floats
         Fraction of a window shared with its neighbour along each axis. 0 tiles without overlap.
     batch_size : int
@@ -124,11 +151,82 @@ def predict_probabilities(
 
     Returns
     -------
-    ndarray of float32, shape (C, Z, Y, X)
-        Sigmoid probabilities.
+    ndarray of float32, shape (C, sZ, sY, sX)
+        Sigmoid probabilities, on the input's grid or the network's finer one (``s`` times as many voxels
+        along each axis, covering the same box).
+    """
+    return predict_outputs(
+        network,
+        image,
+        outputs=("probabilities",),
+        patch_size_zyx=patch_size_zyx,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        blend_mode=blend_mode,
+        mixed_precision=mixed_precision,
+        test_time_augmentation=test_time_augmentation,
+        progress=progress,
+        cancel=cancel,
+    )["probabilities"]
+
+
+def predict_super_resolved_image(network: nn.Module, image: np.ndarray, **options) -> np.ndarray:
+    """The super-resolved image of a whole volume (ROSE's SR stream), blended window by window.
+
+    ``options`` are :func:`predict_probabilities`' keywords (``patch_size_zyx`` is required). The network's
+    ``forward_all(window)`` must return an ``sr_image`` ``(B, 1, sz, sy, sx)``; it is blended like the
+    probabilities (same windows, weights and flips) but not passed through a sigmoid.
+
+    Returns
+    -------
+    ndarray of float32, shape (sZ, sY, sX)
+        Linear intensities, about [0, 1] (clip only to show them or to score PSNR).
+    """
+    return predict_outputs(network, image, outputs=("super_resolved",), **options)["super_resolved"]
+
+
+def predict_outputs(
+    network: nn.Module,
+    image: np.ndarray,
+    *,
+    outputs: Sequence[str] = ("probabilities",),
+    patch_size_zyx: Sequence[int],
+    overlap: float | Sequence[float] = 0.25,
+    batch_size: int = 2,
+    device: str | torch.device = "auto",
+    blend_mode: str = "gaussian",
+    mixed_precision: bool = True,
+    test_time_augmentation: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> dict[str, np.ndarray]:
+    """Several outputs of one network over a whole volume, from one sliding-window pass.
+
+    Parameters
+    ----------
+    outputs : sequence of {"probabilities", "super_resolved"}
+        What to blend (:data:`OUTPUT_NAMES`): the sigmoid of the logits, shape ``(C, sZ, sY, sX)``, and the
+        super-resolved image of ``forward_all``, shape ``(sZ, sY, sX)``. Both come from the same forward
+        pass of each window, stacked as channels and blended together (blending is per channel).
+    network, image, patch_size_zyx, overlap, batch_size, device, blend_mode, mixed_precision,
+    test_time_augmentation, progress, cancel
+        As for :func:`predict_probabilities`.
+
+    Returns
+    -------
+    dict output name -> ndarray of float32
     """
     if image.ndim != 3:
         raise ValueError(f"Expected a (Z, Y, X) volume, got shape {image.shape}.")
+    wanted = tuple(dict.fromkeys(str(name) for name in outputs))
+    if not wanted or any(name not in OUTPUT_NAMES for name in wanted):
+        raise ValueError(f"Outputs must be one or more of {', '.join(OUTPUT_NAMES)}; got {tuple(outputs)}.")
+    if "super_resolved" in wanted and not has_super_resolved_image(network):
+        raise ValueError(
+            f"{type(network).__name__} gives no super-resolved image (it needs forward_all with an SR "
+            "stream, e.g. ROSENet built with sr_stream=True); ask for the probabilities only."
+        )
     patch = tuple(int(p) for p in patch_size_zyx)
     if len(patch) != 3 or min(patch) < 1:
         raise ValueError(f"Patch size must be 3 positive integers (Z, Y, X), got {patch_size_zyx}.")
@@ -138,22 +236,19 @@ def predict_probabilities(
     overlaps = _as_overlap(overlap)
     if not isinstance(test_time_augmentation, bool | np.bool_):
         raise ValueError(f"test_time_augmentation must be True or False, got {test_time_augmentation!r}.")
-    tta = bool(test_time_augmentation)
+    settings = _Settings(
+        outputs=wanted,
+        scale=output_scale_of(network),
+        patch=patch,
+        overlaps=overlaps,
+        blend_mode=blend_mode,
+        test_time_augmentation=bool(test_time_augmentation),
+        progress=progress,
+        cancel=cancel,
+    )
     target = resolve_device(device)
     try:
-        return _run(
-            network,
-            image,
-            patch,
-            overlaps,
-            batch_size,
-            target,
-            blend_mode,
-            mixed_precision,
-            tta,
-            progress,
-            cancel,
-        )
+        return _run(network, image, settings, batch_size, target, mixed_precision)
     except torch.cuda.OutOfMemoryError:
         if target.type != "cuda":
             raise
@@ -161,55 +256,42 @@ def predict_probabilities(
         torch.cuda.empty_cache()
         try:
             return _run(
-                network,
-                image,
-                patch,
-                overlaps,
-                1,
-                target,
-                blend_mode,
-                mixed_precision,
-                tta,
-                progress,
-                cancel,
-                stitch_device=torch.device("cpu"),
+                network, image, settings, 1, target, mixed_precision, stitch_device=torch.device("cpu")
             )
         except torch.cuda.OutOfMemoryError:
             logger.warning("GPU still out of memory; falling back to the CPU (slower).")
             torch.cuda.empty_cache()
-            return _run(
-                network,
-                image,
-                patch,
-                overlaps,
-                batch_size,
-                torch.device("cpu"),
-                blend_mode,
-                False,
-                tta,
-                progress,
-                cancel,
-            )
+            return _run(network, image, settings, batch_size, torch.device("cpu"), False)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """One sliding-window pass, checked: what to blend and how (the same for every device it is tried on)."""
+
+    outputs: tuple[str, ...]
+    scale: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    overlaps: tuple[float, float, float]
+    blend_mode: str
+    test_time_augmentation: bool
+    progress: ProgressCallback | None
+    cancel: CancelCheck | None
 
 
 def _run(
     network: nn.Module,
     image: np.ndarray,
-    patch: tuple[int, int, int],
-    overlaps: tuple[float, float, float],
+    settings: _Settings,
     batch_size: int,
     device: torch.device,
-    blend_mode: str,
     mixed_precision: bool,
-    test_time_augmentation: bool,
-    progress: ProgressCallback | None,
-    cancel: CancelCheck | None,
     stitch_device: torch.device | None = None,
-) -> np.ndarray:
-    n_batches = max(1, math.ceil(count_windows(image.shape, patch, overlaps) / batch_size))
+) -> dict[str, np.ndarray]:
+    n_batches = max(1, math.ceil(count_windows(image.shape, settings.patch, settings.overlaps) / batch_size))
     done = 0
     use_autocast = mixed_precision and device.type == "cuda"
     channels_last = device.type == "cpu"
+    with_image = "super_resolved" in settings.outputs
     was_training = network.training
     network.eval()
     first_tensor = next(itertools.chain(network.parameters(), network.buffers()), None)
@@ -218,16 +300,34 @@ def _run(
     if channels_last:
         set_3d_memory_format(network, torch.channels_last_3d)
 
-    def probabilities(window: torch.Tensor) -> torch.Tensor:
+    def window_outputs(window: torch.Tensor) -> torch.Tensor:
+        """The wanted outputs of one batch of windows, stacked as channels on the (fine) output grid."""
         if channels_last:
             window = window.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_autocast):
-            logits = network(window)
-        return torch.sigmoid(logits.float())
+            if with_image:
+                both = network.forward_all(window)
+                logits, sr_image = both.logits, both.sr_image
+                if sr_image is None:
+                    raise ValueError(f"{type(network).__name__}.forward_all gave no super-resolved image.")
+            else:
+                logits, sr_image = network(window), None
+        parts = [torch.sigmoid(logits.float())] if "probabilities" in settings.outputs else []
+        if sr_image is not None:
+            parts.append(sr_image.float())
+        stacked = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        expected = tuple(n * s for n, s in zip(window.shape[2:], settings.scale, strict=True))
+        if tuple(stacked.shape[2:]) != expected:
+            # MONAI would infer some other zoom from the shape and blend the windows out of place.
+            raise ValueError(
+                f"{type(network).__name__} maps a window {tuple(window.shape[2:])} (Z, Y, X) to "
+                f"{tuple(stacked.shape[2:])}, but its output_scale_zyx {settings.scale} says {expected}."
+            )
+        return stacked
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
         nonlocal done
-        if cancel is not None and cancel():
+        if settings.cancel is not None and settings.cancel():
             raise SegmentationCancelled("Segmentation cancelled by the user.")
         window = window.to(device)
         # Test-time augmentation sits here, per window, rather than around the whole scan: memory stays one
@@ -235,23 +335,27 @@ def _run(
         # weights, and a window's output still depends on that window alone, so streaming tile by tile
         # stays exact (inference/streaming.py).
         output = (
-            predict_with_flips(probabilities, window) if test_time_augmentation else probabilities(window)
+            predict_with_flips(window_outputs, window, output_scale_zyx=settings.scale)
+            if settings.test_time_augmentation
+            else window_outputs(window)
         )
         done += 1
-        if progress is not None:
-            progress(min(done / n_batches, 1.0), f"Inference: batch {done}/{n_batches}")
+        if settings.progress is not None:
+            settings.progress(min(done / n_batches, 1.0), f"Inference: batch {done}/{n_batches}")
         return output.contiguous()
 
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     try:
         with torch.inference_mode():
-            output = sliding_window_inference(
+            # A window's output s times its size: MONAI places it at s times the window's position, with the
+            # Gaussian weights nearest-upsampled to it, and crops a padded volume's output by s times the pad.
+            stacked = sliding_window_inference(
                 volume,
-                roi_size=patch,
+                roi_size=settings.patch,
                 sw_batch_size=batch_size,
                 predictor=predictor,
-                overlap=overlaps,
-                mode=blend_mode,
+                overlap=settings.overlaps,
+                mode=settings.blend_mode,
                 sw_device=device,
                 device=stitch_device or (device if device.type == "cuda" else torch.device("cpu")),
             )
@@ -260,4 +364,13 @@ def _run(
         if channels_last:
             set_3d_memory_format(network, torch.contiguous_format)
         network.train(was_training)
-    return output[0].float().cpu().numpy()
+    stacked = stacked[0].float().cpu().numpy()
+    expected = tuple(n * s for n, s in zip(image.shape, settings.scale, strict=True))
+    if stacked.shape[1:] != expected:
+        raise RuntimeError(f"Sliding-window output has shape {stacked.shape[1:]}, expected {expected}.")
+    results: dict[str, np.ndarray] = {}
+    if "probabilities" in settings.outputs:
+        results["probabilities"] = stacked[: stacked.shape[0] - int(with_image)]
+    if with_image:
+        results["super_resolved"] = stacked[-1]
+    return results

@@ -56,23 +56,29 @@ def predict_with_flips(
     predict: Callable[[Batch], Batch],
     image: Batch,
     flip_axes_list: Sequence[Sequence[int]] = IN_PLANE_FLIPS,
+    *,
+    output_scale_zyx: Sequence[int] = (1, 1, 1),
 ) -> Batch:
     """The mean of ``predict`` over flipped copies of ``image``, each flipped back first.
 
     Parameters
     ----------
     predict : callable
-        Maps a batch ``(N, C, Z, Y, X)`` to probabilities ``(N, C', Z, Y, X)`` (same spatial shape, any
-        number of channels), of the same type (torch tensor or NumPy array) as its input.
+        Maps a batch ``(N, C, Z, Y, X)`` to probabilities ``(N, C', sZ, sY, sX)`` (any number of channels;
+        ``s`` is ``output_scale_zyx``), of the same type (torch tensor or NumPy array) as its input.
     image : torch.Tensor or ndarray, shape (N, C, Z, Y, X)
         Not modified.
     flip_axes_list : sequence of tuples of int
         The flips to average, each a tuple of spatial axes (negative, -3 Z, -2 Y, -1 X, or the batch's
         positive 2, 3, 4); ``()`` is the input itself. Default: the in-plane flips :data:`IN_PLANE_FLIPS`.
+    output_scale_zyx : 3 ints
+        Output voxels per input voxel along each axis: (2, 2, 2) for ROSE-style super-resolution. A finer
+        grid covering the same box is flipped back along the same axes: fine voxel ``i'`` lies in coarse voxel
+        ``i' // s``, and its mirror ``s N - 1 - i'`` in the mirrored coarse voxel ``N - 1 - i' // s``.
 
     Returns
     -------
-    torch.Tensor or ndarray of float32, shape (N, C', Z, Y, X)
+    torch.Tensor or ndarray of float32, shape (N, C', sZ, sY, sX)
         ``mean_f f(predict(f(image)))`` over the flips ``f`` (each flip is its own inverse). Costs one
         ``predict`` call per flip (4 by default) and one extra prediction's memory.
 
@@ -80,19 +86,25 @@ def predict_with_flips(
     ------
     ValueError
         A flip naming a non-spatial or repeated axis, no flip at all, or a prediction whose batch or spatial
-        shape differs from the input's (it could not be flipped back onto it).
+        shape differs from the input's times ``output_scale_zyx`` (it could not be flipped back onto it).
     """
     axes_list = _checked_flip_axes(flip_axes_list, image.ndim)
+    scale = tuple(int(s) for s in output_scale_zyx)
+    if len(scale) != 3 or min(scale) < 1:
+        raise ValueError(
+            f"Output scale must be 3 positive integers (Z, Y, X), got {tuple(output_scale_zyx)}."
+        )
+    expected = (image.shape[0], *(n * s for n, s in zip(image.shape[-3:], scale, strict=True)))
     total = None
     for axes in axes_list:
         prediction = predict(_flip(image, axes))
         if prediction.ndim != image.ndim or (
-            tuple(prediction.shape[:1]) + tuple(prediction.shape[-3:])
-            != tuple(image.shape[:1]) + tuple(image.shape[-3:])
+            tuple(prediction.shape[:1]) + tuple(prediction.shape[-3:]) != expected
         ):
+            scaled = "" if scale == (1, 1, 1) else f" times the output scale {scale}"
             raise ValueError(
                 "Test-time augmentation flips each prediction back, so the network must keep the batch and "
-                f"spatial shape (N, ..., Z, Y, X) of its input; got {tuple(image.shape)} -> "
+                f"spatial shape (N, ..., Z, Y, X) of its input{scaled}; got {tuple(image.shape)} -> "
                 f"{tuple(prediction.shape)}."
             )
         prediction = _flip(prediction, axes)

@@ -74,6 +74,12 @@ class MethodPrediction:
         Weights it used (ensembles: "member=sha;...").
     record : dict
         JSON-ready facts for ``summary.json`` (e.g. what adaptation did).
+    images : dict image name -> ndarray of float32, shape ``image.shape * output_scale_zyx``
+        Named auxiliary images on the output grid, beside the probabilities: ``"super_resolved"`` for
+        ROSE's super-resolved input (linear intensities, about [0, 1]). The driver brings them onto the
+        output grid as it does the probabilities (but does not zero them outside the mask); the command
+        line writes each as ``<name>.nrrd``, the Slicer Logic adds a volume node "<input> <name>" with
+        dashes for underscores ("<input> super-resolved"). Empty for most methods.
     """
 
     probabilities: dict[str, np.ndarray]
@@ -83,6 +89,7 @@ class MethodPrediction:
     device: str = "cpu"
     model_sha256: str | None = None
     record: dict = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -66,6 +66,14 @@ class NetworkEnsemble(MethodBase):
         """The network that predicts ``member``'s classes: its registry weights (adaptive kinds override)."""
         return member.load_network()
 
+    def predict_member(self, network, image, **options):
+        """(probabilities ``(C, ...)``, auxiliary images by name) of one member over ``image``;
+        ``options`` are ``predict_probabilities``' keywords. Kinds with more outputs override it
+        (``methods/super_resolution.py``)."""
+        from VesselSegLib.inference.sliding_window import predict_probabilities
+
+        return predict_probabilities(network, image, **options), {}
+
     def _image_for(self, member, images: MethodImages):
         """The image a member reads: the input for a plain network, else that of the member's modality."""
         if self.entry.kind == "network" or member.input_modality == images.preset.name:
@@ -73,8 +81,6 @@ class NetworkEnsemble(MethodBase):
         return images.companions.get(member.input_modality)
 
     def predict(self, images, plan, *, device, progress=None, cancel=None) -> MethodPrediction:
-        from VesselSegLib.inference.sliding_window import predict_probabilities
-
         wanted = plan.vessel_classes
         groups = [
             (member, tuple(c for c in classes if c in wanted))
@@ -97,7 +103,7 @@ class NetworkEnsemble(MethodBase):
                 " / ".join(sorted({m.input_modality for m, c in groups if (m, c) not in runnable})),
                 ", ".join(skipped),
             )
-        probabilities, thresholds = {}, {}
+        probabilities, thresholds, auxiliary = {}, {}, {}
         for index, (member, classes) in enumerate(runnable):
             network = self.network_for(member)
             patch = plan.patch_size_for(member)
@@ -109,7 +115,7 @@ class NetworkEnsemble(MethodBase):
                 )
             start, stop = index / len(runnable), (index + 1) / len(runnable)
             label = f"{member.display_name}: " if len(runnable) > 1 else ""
-            output = predict_probabilities(
+            output, member_images = self.predict_member(
                 network,
                 self._image_for(member, images),
                 patch_size_zyx=patch,
@@ -123,6 +129,7 @@ class NetworkEnsemble(MethodBase):
                 else lambda f, m, a=start, b=stop, n=label: progress(a + (b - a) * f, n + m),
                 cancel=cancel,
             )
+            auxiliary.update(member_images)
             member_thresholds = plan.thresholds_for(member)
             for class_name in classes:
                 probabilities[class_name] = output[member.vessel_classes.index(class_name)]
@@ -134,6 +141,7 @@ class NetworkEnsemble(MethodBase):
             thresholds=thresholds,
             device=str(device),
             model_sha256=self.model_sha256,
+            images=auxiliary,
         )
 
 

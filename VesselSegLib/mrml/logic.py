@@ -10,8 +10,9 @@ widget can run the slow one away from the GUI thread:
 1. ``prepareInputs`` (main thread): checks the nodes and the request, copies the voxels and the geometry;
 2. ``computeSegmentation`` (any thread or process): runs the library's driver
    (``VesselSegLib.inference.pipeline.run_segmentation``) on the copies; it touches no MRML object at all;
-3. ``addResultsToScene`` (main thread): creates the segmentation, probability volumes, models, the vessel
-   graph and the metrics table, all inside one :class:`~VesselSegLib.mrml.transaction.SceneTransaction`.
+3. ``addResultsToScene`` (main thread): creates the segmentation, probability volumes, the method's
+   auxiliary images (ROSE's super-resolved input), models, the vessel graph and the metrics table, all inside
+   one :class:`~VesselSegLib.mrml.transaction.SceneTransaction`.
 
 ``process`` runs the three in a row for scripts, batch mode and tests. Input nodes are never modified; an
 error, a cancel or a KeyboardInterrupt leaves the scene as it was.
@@ -131,6 +132,9 @@ class VesselSegOutputs:
     """True when the reference was a plain vessel mask, scored as all vessels against all vessels."""
     metricsTableNode: Any = None
     """The metrics as a table: one row per scored class."""
+    imageVolumeNodes: dict[str, Any] = field(default_factory=dict)
+    """The method's auxiliary images (``SegmentationResult.images``) as float volumes on the output grid:
+    ``"super_resolved"`` -> "<input> super-resolved" for ROSE; empty for most methods."""
 
 
 def _report(callback: ProgressCallback | None, fraction: float, message: str) -> None:
@@ -369,6 +373,7 @@ class VesselSegLogic:
         *,
         outputSegmentation=None,
         createProbabilityVolumes: bool | None = None,
+        createImageVolumes: bool = True,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
     ) -> VesselSegOutputs:
@@ -389,6 +394,9 @@ class VesselSegLogic:
             Segments of the produced classes in it are replaced (others are kept); default: a new node.
         createProbabilityVolumes : bool, optional
             Add the probability maps as volumes; default: the request's ``keep_probabilities``.
+        createImageVolumes : bool
+            Add the method's auxiliary images (``result.images``, ROSE's super-resolved input) as volumes
+            on the output grid (default True; there are none for most methods).
         progressCallback : callable(fraction, message), optional
         cancelCheck : callable() -> bool, optional
             Polled between steps; True undoes what was added and raises SegmentationCancelled.
@@ -412,6 +420,10 @@ class VesselSegLogic:
             if createProbabilityVolumes:
                 _report(progressCallback, 0.2, "Creating probability volumes")
                 outputs.probabilityVolumeNodes = self._addProbabilityVolumes(inputs, result, scene, outputs)
+                _checkCancel(cancelCheck)
+            if createImageVolumes and result.images:
+                _report(progressCallback, 0.3, "Creating image volumes")
+                outputs.imageVolumeNodes = self._addImageVolumes(inputs, result, scene, outputs)
                 _checkCancel(cancelCheck)
             if inputs.request.create_models:
                 _report(progressCallback, 0.4, "Creating 3D models")
@@ -498,22 +510,44 @@ class VesselSegLogic:
         )
 
     @staticmethod
-    def _addProbabilityVolumes(inputs, result, scene, outputs) -> dict[str, Any]:
+    def _addOutputVolume(inputs, scene, outputs, name: str, array) -> Any:
+        """A float32 scalar volume ``name`` on the output grid, under the input's parent transform."""
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array, dtype=np.float32))
+        set_ijk_to_ras(node, outputs.outputIJKToRAS)
+        node.SetAndObserveTransformNodeID(inputs.inputVolume.GetTransformNodeID())
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def _addProbabilityVolumes(self, inputs, result, scene, outputs) -> dict[str, Any]:
         nodes: dict[str, Any] = {}
         for name in result.vessel_classes:
             probability = result.probabilities.get(name)
             if probability is None:
                 logger.warning("No probability map for %s; ask for keep_probabilities in the request.", name)
                 continue
-            node = scene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode",
+            nodes[name] = self._addOutputVolume(
+                inputs,
+                scene,
+                outputs,
                 f"{inputs.inputVolume.GetName()} {VESSEL_CLASS_BY_NAME[name].display_name} probability",
+                probability,
             )
-            slicer.util.updateVolumeFromArray(node, np.asarray(probability, dtype=np.float32))
-            set_ijk_to_ras(node, outputs.outputIJKToRAS)
-            node.SetAndObserveTransformNodeID(inputs.inputVolume.GetTransformNodeID())
-            node.CreateDefaultDisplayNodes()
-            nodes[name] = node
+        return nodes
+
+    def _addImageVolumes(self, inputs, result, scene, outputs) -> dict[str, Any]:
+        """One volume per auxiliary image, "<input> <name>" with dashes for underscores ("super-resolved")."""
+        expected = np.asarray(result.class_map).shape
+        nodes: dict[str, Any] = {}
+        for name, image in result.images.items():
+            if np.shape(image) != expected:
+                raise ValueError(
+                    f"The result's {name} image has shape {np.shape(image)}, its class map {expected}."
+                )
+            label = name.replace("_", "-")
+            nodes[name] = self._addOutputVolume(
+                inputs, scene, outputs, f"{inputs.inputVolume.GetName()} {label}", image
+            )
         return nodes
 
     def _addModels(
@@ -565,6 +599,7 @@ class VesselSegLogic:
         companionVolumes: Mapping[str, Any] | None = None,
         referenceVolume=None,
         createProbabilityVolumes: bool | None = None,
+        createImageVolumes: bool = True,
         spacingGiven: bool = False,
         progressCallback: ProgressCallback | None = None,
         cancelCheck: CancelCheck | None = None,
@@ -590,6 +625,8 @@ class VesselSegLogic:
             mask. The result is scored against it (``outputs.metrics``) and a table node added. Never modified.
         createProbabilityVolumes : bool, optional
             Default: the request's ``keep_probabilities``.
+        createImageVolumes : bool
+            Add the method's auxiliary images as volumes, e.g. "<input> super-resolved" for ROSE (default True).
         spacingGiven : bool
             True when the user set the voxel size on purpose: it is then never reinterpreted. Otherwise a
             size implausible for the modality (a 2PM voxel of 1 mm: micrometres stored as millimetres) is
@@ -628,6 +665,7 @@ class VesselSegLogic:
             result,
             outputSegmentation=outputSegmentation,
             createProbabilityVolumes=createProbabilityVolumes,
+            createImageVolumes=createImageVolumes,
             progressCallback=_scaled(progressCallback, COMPUTE_PROGRESS_FRACTION, 1.0),
             cancelCheck=cancelCheck,
         )
