@@ -17,7 +17,7 @@ from VesselSegLib.preprocessing.low_resolution import block_mean
 
 REPO = Path(__file__).resolve().parents[1]
 ROSE_TOF = REPO / "trainer" / "configs" / "rose_tof.toml"
-TINY_ROSE = {"in_channels": 1, "base_channels": 2, "levels": 2, "sr_channels": 4, "residual_blocks": 1}
+TINY_ROSE = {"in_channels": 1, "base_channels": 2, "levels": 3, "sr_channels": 4, "residual_blocks": 1}
 
 
 def _document(tmp_path: Path, **super_resolution) -> dict:
@@ -110,3 +110,33 @@ def test_super_resolution_training_needs_a_2x_network(tmp_path):
     }
     with pytest.raises(ValueError, match="whose output is 2x its input"):
         run_training(parse_config(document), command=["test"])
+
+
+def test_a_tiny_rose_run_trains_validates_on_the_2x_grid_and_exports_a_2x_entry(tmp_path):
+    import json
+
+    from trainer.export import export_run
+    from trainer.loop import RUN_RECORD, run_training
+    from VesselSegLib.inference.pipeline import segment_image
+    from VesselSegLib.models.registry import ModelRegistry
+    from VesselSegLib.phantoms import make_phantom_case
+
+    config = parse_config(_document(tmp_path))
+    clear_case_cache()
+    summary = run_training(config, command=["test"])
+    assert summary.epochs_completed == 2
+    assert np.isfinite(summary.history[-1]["val_loss"])  # validated through the 2x sliding window
+    record = json.loads((tmp_path / "run" / RUN_RECORD).read_text())
+    entry = export_run(
+        tmp_path / "run", name="rose-test", out_dir=tmp_path / "models", modalities=["TOF-MRA"]
+    )
+    assert entry["implementation"] == "VesselSegLib.methods.super_resolution:SuperResolutionNetwork"
+    assert entry["patch_size_zyx"] == [4, 8, 8]  # the LR window under the 8 x 16 x 16 HR patch
+    np.testing.assert_allclose(entry["spacing_mm_zyx"], 2 * np.asarray(record["training_spacing_zyx"]))
+    (tmp_path / "models" / "models.json").write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+    registry = ModelRegistry.from_file(tmp_path / "models" / "models.json")
+    phantom = make_phantom_case("TOF-MRA", (16, 24, 28), spacing_zyx=(1.6, 1.0, 1.0), seed=3)
+    result = segment_image(
+        phantom.image, phantom.spacing_zyx, method="rose-test", device="cpu", registry=registry
+    )
+    assert result.class_map.shape == (32, 48, 56) and result.images["super_resolved"].shape == (32, 48, 56)
