@@ -276,7 +276,11 @@ def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.nda
             float(stored["threshold"]),
             float(stored["seconds"]),
         )
-    registry = ModelRegistry.from_file(args.registry) if args.registry else ModelRegistry.default()
+    registry = ModelRegistry.default()
+    if args.registry:  # its names first, the shipped methods (frangi, ...) beside them
+        extra = ModelRegistry.from_file(args.registry)
+        if spec.name in {entry.name for entry in extra.entries()}:
+            registry = extra
     decision, probabilities, threshold, seconds = segment(stack, spec.name, registry, args)
     cache.parent.mkdir(parents=True, exist_ok=True)
     threshold = math.nan if threshold is None else float(threshold)
@@ -418,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--registry",
         type=Path,
-        help="models.json to find untrained (bare NAME) methods in; default: the shipped registry. E.g. a "
-        "model trained on phantoms only, for the cross-domain figure",
+        help="models.json to look bare NAME methods up in before the shipped registry, e.g. a model trained "
+        "on phantoms only, for the cross-domain figure",
     )
     parser.add_argument(
         "--adapt-seconds",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import UMIS_LOSSES
-from trainer.loop import BEST_WEIGHTS, RUN_RECORD
+from trainer.loop import BEST_WEIGHTS, CONFIG_COPY, RUN_RECORD
 from trainer.unsupervised import LOSS_PRESETS
 from VesselSegLib.models.checkpoint import card_path_for, load_checkpoint, save_checkpoint
 
@@ -112,6 +112,7 @@ def export_run(
         "world_size": record.get("world_size", 1),
         "machine": record["machine"],
         "training_started": record["started"],
+        "recipe_notes": _leading_comments(run_dir / CONFIG_COPY),
         "date": now,
     }
     out_dir = Path(out_dir)
@@ -160,6 +161,18 @@ def export_run(
             "adaptation_loss_weights": LOSS_PRESETS[training["loss"]],
         }
     return entry
+
+
+def _leading_comments(config_copy: Path) -> str:
+    """The comment block that opens a run's configuration (its recipe and deviations), for the card."""
+    if not config_copy.is_file():
+        return ""
+    lines = []
+    for line in config_copy.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return "\n".join(lines).strip()
 
 
 __all__ = ["export_run"]

@@ -27,6 +27,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "network": "VesselSegLib.methods.networks:NetworkEnsemble",
     "ensemble": "VesselSegLib.methods.networks:NetworkEnsemble",
     "vesselness": "VesselSegLib.methods.vesselness:VesselnessFilter",
+    "active-contour": "VesselSegLib.methods.active_contour:ActiveContour",
 }
 
 

@@ -5,7 +5,8 @@ Each entry names a method the user can pick (in Slicer's Method panel or ``vesse
     {
       "name": "unet3d-baseline",            # what users type
       "display_name": "3D U-Net (baseline)",
-      "kind": "network" | "vesselness",     # learned network, or a non-learned filter (VesselSegLib.methods)
+      "kind": "network" | "vesselness" | "active-contour",  # learned network, or a non-learned filter
+                                            # (Frangi, Morph-ACWE; VesselSegLib.methods)
       "architecture": "UNet3D",             # network class (VesselSegLib.models.networks)
       "arguments": {...},                   # its constructor arguments
       "weights": "unet3d_baseline.safetensors",  # beside models.json
@@ -51,7 +52,9 @@ if TYPE_CHECKING:  # the registry is read without PyTorch (Slicer lists methods 
 REGISTRY_FILE_NAME = "models.json"
 #: Kinds built into VesselSeg (``VesselSegLib.methods.BUILTIN_KINDS``); an entry of another kind names its
 #: class with ``"implementation": "module:Class"``.
-METHOD_KINDS = ("network", "vesselness", "ensemble")
+METHOD_KINDS = ("network", "vesselness", "ensemble", "active-contour")
+#: Non-learned kinds: they mark the preset's main vessel class, whatever classes the entry lists.
+FILTER_KINDS = ("vesselness", "active-contour")
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class ModelEntry:
     @property
     def produced_classes(self) -> tuple[str, ...] | None:
         """Classes a learned method outputs; None for a filter (it marks the preset's main class)."""
-        return None if self.kind == "vesselness" else self.vessel_classes
+        return None if self.kind in FILTER_KINDS else self.vessel_classes
 
     @property
     def weights_path(self) -> Path | None:

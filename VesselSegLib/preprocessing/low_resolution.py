@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import scipy.fft
 
 KeptFraction = Literal["1/c", "(c-1)/c"]
 KEPT_FRACTIONS: tuple[str, ...] = ("1/c", "(c-1)/c")
@@ -151,6 +150,8 @@ def truncate_k_space(
         return volume.astype(dtype, copy=True)
     # Real FFT: the band is symmetric, so the half spectrum along the last axis holds everything and the
     # inverse is real by construction. float64 keeps the zeroed band at ~1e-16, not ~1e-7.
+    import scipy.fft  # here, not at import: the Slicer module lists methods before SciPy is installed
+
     spectrum = scipy.fft.rfftn(volume.astype(np.float64), axes=axes)
     for position, axis in enumerate(axes):
         mask = _band_mask(volume.shape[axis], half_widths[axis], half_spectrum=position == len(axes) - 1)
