@@ -77,7 +77,8 @@ def main() -> None:
     if stack.is_file():
         from VesselSegLib.io import read_volume
 
-        volume = read_volume(stack)
+        metadata = stack.parent.parent / "metadata" / f"{stack.stem}.xml.txt"  # VesselNN's side-car voxel size
+        volume = read_volume(stack, metadata_path=metadata if metadata.is_file() else None)
         image, spacing, name = volume.array.astype(np.float32), volume.spacing_zyx, stack.name
     else:
         image = np.random.default_rng(0).random((25, 512, 512), dtype=np.float32)
@@ -85,7 +86,7 @@ def main() -> None:
     print(
         f"# {platform.processor() or platform.machine()}, {args.threads} torch thread(s), torch {torch.__version__}"
     )
-    print(f"# stack: {name}, {image.shape} voxels (Z, Y, X)\n")
+    print(f"# stack: {name}, {image.shape} voxels (Z, Y, X), spacing {spacing} mm\n")
     rows = []
     request = SegmentationRequest(modality="2PM", method=args.method, device="cpu", create_models=False)
     segment_image(image[:16, :128, :128], spacing, request, registry=registry)  # warm-up

@@ -385,9 +385,17 @@ def aggregate(rows: list[dict]) -> dict[str, dict]:
     return result
 
 
-def update_card(card_path: Path, label: str, rows: list[dict], folds: list[Fold], command: str) -> None:
-    """Write this run's cross-validated scores into a model card (``cross_validation``), the card's method
-    first and every other method of the run beside it for comparison."""
+def update_card(
+    card_path: Path,
+    label: str,
+    rows: list[dict],
+    folds: list[Fold],
+    command: str,
+    key: str = "cross_validation",
+) -> None:
+    """Write this run's cross-validated scores into a model card (``key``: ``cross_validation``, or e.g.
+    ``cross_validation+adapt60`` for a run with inference options), the card's method first and every other
+    method of the run beside it for comparison."""
     import platform
 
     import torch
@@ -396,7 +404,7 @@ def update_card(card_path: Path, label: str, rows: list[dict], folds: list[Fold]
     scores = aggregate(rows)
     if label not in scores:
         raise SystemExit(f"error: --update-card names {label!r}, which this run did not score.")
-    card["cross_validation"] = {
+    card[key] = {
         "what": "mean +- sd over whole VesselNN stacks held out of training, model selection and threshold "
         "choice (figure of record)",
         "method": label,
@@ -477,7 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.run_dir / "summary.md").write_text(f"<!-- {command} -->\n{table}\n")
     if args.update_card:
         card_path, _, label = args.update_card.partition("=")
-        update_card(Path(card_path), label, rows, folds, command)
+        update_card(
+            Path(card_path), label, rows, folds, command, key="cross_validation" + variant_suffix(args)
+        )
     for path in [args.run_dir / "scores.csv", *([args.csv] if args.csv else [])]:
         with path.open("w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
