@@ -258,13 +258,18 @@ class Trainer:
         self.optimizer.step()
         return float(loss.detach())
 
+    def validation_input(self, case: TrainingCase) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The image the network reads for a validation case, and its window (ROSE: the LR volume)."""
+        return case.image, self.config.training.patch_size_zyx
+
     def predict_validation_case(self, network: nn.Module, case: TrainingCase) -> np.ndarray:
         """Whole-volume probabilities ``(C, Z, Y, X)`` of one validation case, by the inference code path."""
         training = self.config.training
+        image, patch = self.validation_input(case)
         return predict_probabilities(
             network,
-            case.image,
-            patch_size_zyx=training.patch_size_zyx,
+            image,
+            patch_size_zyx=patch,
             overlap=training.validation_overlap,
             batch_size=training.batch_size,
             device=self.context.device,

@@ -191,18 +191,10 @@ class SuperResolutionTrainer(Trainer):
         self.optimizer.step()
         return float(loss.detach())
 
-    def predict_validation_case(self, network: nn.Module, case: TrainingCase) -> np.ndarray:
-        from VesselSegLib.inference.sliding_window import predict_probabilities
-
-        training = self.config.training
-        return predict_probabilities(
-            network,
-            self._low_images[case.name],
-            patch_size_zyx=tuple(p // self.spec.downsample for p in training.patch_size_zyx),
-            overlap=training.validation_overlap,
-            batch_size=training.batch_size,
-            device=self.context.device,
-        )
+    def validation_input(self, case: TrainingCase):
+        # The network reads the simulated LR volume; its probabilities come out on the HR grid of the labels.
+        patch = tuple(p // self.spec.downsample for p in self.config.training.patch_size_zyx)
+        return self._low_images[case.name], patch
 
 
 __all__ = [
