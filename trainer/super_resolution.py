@@ -31,6 +31,7 @@ from trainer.config import SuperResolutionSpec
 from trainer.datasets import PatchSampler, TrainingCase
 from trainer.loop import Trainer
 from trainer.losses import soft_dice_loss
+from VesselSegLib.preprocessing import get_preset, normalize_intensity
 from VesselSegLib.preprocessing.low_resolution import simulate_low_resolution
 
 #: lambda of ROSE eq. (5).
@@ -51,6 +52,11 @@ def make_paired_case(case: TrainingCase, spec: SuperResolutionSpec) -> PairedCas
     low = simulate_low_resolution(
         case.image, truncation_zyx=spec.truncation_zyx, downsample=r, kept_fraction=spec.kept_fraction
     ).astype(np.float32)
+    if get_preset(case.modality).vessels_bright:
+        # Inference normalises the user's LR volume with the preset's percentiles; the LR of a normalised HR
+        # volume is ~1.15x narrower, so normalise it the same way (the SR target stays the HR scale). SWI is
+        # not re-normalised yet: its preset inverts, and the case no longer carries its brain mask.
+        low = normalize_intensity(low, case.modality).astype(np.float32)
     crop = tuple(slice(0, r * n) for n in low.shape)
     image = np.ascontiguousarray(case.image[crop])
     target = np.ascontiguousarray(case.target[(slice(None), *crop)])
