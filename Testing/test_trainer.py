@@ -268,7 +268,8 @@ def test_export_writes_weights_card_and_registry_entry(tiny_run, tmp_path, capsy
     assert card["epochs_completed"] == 3 and card["best_validation"]["mean_dice"] > 0
     assert "trainer train" in card["command"] and card["machine"]["torch"] == torch.__version__
     assert card["training_data"] and card["config"]["training"]["loss"] == "dice"
-    assert card["recipe_notes"].startswith("A seconds-long run on tiny TOF-MRA phantoms")  # the config's header
+    # The card carries the configuration's header.
+    assert card["recipe_notes"].startswith("A seconds-long run on tiny TOF-MRA phantoms")
     for field in (
         "name",
         "display_name",

@@ -77,7 +77,8 @@ def main() -> None:
     if stack.is_file():
         from VesselSegLib.io import read_volume
 
-        metadata = stack.parent.parent / "metadata" / f"{stack.stem}.xml.txt"  # VesselNN's side-car voxel size
+        # VesselNN keeps the voxel size in a side-car file.
+        metadata = stack.parent.parent / "metadata" / f"{stack.stem}.xml.txt"
         volume = read_volume(stack, metadata_path=metadata if metadata.is_file() else None)
         image, spacing, name = volume.array.astype(np.float32), volume.spacing_zyx, stack.name
     else:
