@@ -97,7 +97,7 @@ def main() -> None:
     from VesselSegLib.methods.adaptive import AdaptiveNetwork
     from VesselSegLib.preprocessing import normalize_intensity
 
-    settings = AdaptiveNetwork(entry, registry).adaptation_settings(None)
+    settings = AdaptiveNetwork(entry, registry).adaptation_settings()
     _, record = adapt_network(
         entry.load_network(),
         normalize_intensity(image, "2PM"),

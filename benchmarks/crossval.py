@@ -417,6 +417,15 @@ def update_card(
     card_path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
 
 
+def write_rows(rows: list[dict], paths: list[Path]) -> None:
+    """The per-stack rows as CSV, one file per path (the run folder's, and --csv's)."""
+    for path in paths:
+        with path.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", required=True, help="NAME (untrained) or NAME=CONFIG.toml")
@@ -488,11 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         update_card(
             Path(card_path), label, rows, folds, command, key="cross_validation" + variant_suffix(args)
         )
-    for path in [args.run_dir / "scores.csv", *([args.csv] if args.csv else [])]:
-        with path.open("w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    write_rows(rows, [args.run_dir / "scores.csv", *([args.csv] if args.csv else [])])
     return 0
 
 

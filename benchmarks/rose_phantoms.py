@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import hashlib
 import json
@@ -114,7 +113,7 @@ from VesselSegLib.preprocessing.low_resolution import block_mean, simulate_low_r
 from VesselSegLib.request import SegmentationRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
-from crossval import MethodSpec  # noqa: E402
+from crossval import MethodSpec, write_rows  # noqa: E402
 
 logger = logging.getLogger("rose_phantoms")
 
@@ -901,11 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         ["python", "benchmarks/rose_phantoms.py", *(argv if argv is not None else sys.argv[1:])]
     )
     (args.run_dir / "summary.md").write_text(f"<!-- {command} -->\n{table}\n")
-    for path in [args.run_dir / "scores.csv", *([args.csv] if args.csv else [])]:
-        with path.open("w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    write_rows(rows, [args.run_dir / "scores.csv", *([args.csv] if args.csv else [])])
     return 0
 
 

@@ -14,6 +14,7 @@ domain randomisation (:mod:`trainer.randomisation`) follows the same split, insi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,12 +153,9 @@ def _phantom_cases(source: PhantomSource, vessel_classes: tuple[str, ...]) -> li
 
 def _image_only_case(case: TrainingCase) -> TrainingCase:
     """``case`` with no label: zero target channels, no vessel voxels, the whole volume as the sampling box."""
-    return TrainingCase(
-        name=case.name,
-        image=case.image,
+    return dataclasses.replace(
+        case,
         target=np.zeros((0, *case.image.shape), dtype=np.uint8),
-        spacing_zyx=case.spacing_zyx,
-        modality=case.modality,
         box=tuple((0, n) for n in case.image.shape),
         vessel_voxels=np.zeros(0, dtype=np.int64),
     )
@@ -170,8 +168,9 @@ def _file_image_cases(source: FileSource) -> list[TrainingCase]:
         volume = read_volume(image_path, spacing_xyz=source.spacing_xyz, metadata_path=metadata)
         image = normalize_intensity(volume.array, source.modality)
         empty = np.zeros((0, *image.shape), dtype=np.uint8)
-        case = _make_case(image_path.name, image, empty, volume.spacing_zyx, source.modality, None)
-        cases.append(_image_only_case(case))
+        # The whole volume as the region: the sampling box of a label-free case.
+        region = np.ones(image.shape, dtype=bool)
+        cases.append(_make_case(image_path.name, image, empty, volume.spacing_zyx, source.modality, region))
     return cases
 
 

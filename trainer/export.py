@@ -18,6 +18,7 @@ from trainer.config import UMIS_LOSSES
 from trainer.loop import BEST_WEIGHTS, CONFIG_COPY, RUN_RECORD
 from trainer.unsupervised import LOSS_PRESETS
 from VesselSegLib.models.checkpoint import card_path_for, load_checkpoint, save_checkpoint
+from VesselSegLib.unsupervised.adaptation import AdaptationSettings
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -153,11 +154,12 @@ def export_run(
     if training.get("loss") in UMIS_LOSSES:
         # A label-free model adapts to the user's stack on request (VesselSegLib/methods/adaptive.py).
         entry["implementation"] = "VesselSegLib.methods.adaptive:AdaptiveNetwork"
+        defaults = AdaptationSettings()
         entry["settings"] = {
             "default_adaptation_s": 0,
-            "adaptation_learning_rate": 1e-4,
+            "adaptation_learning_rate": defaults.learning_rate,
             "adaptation_patch_size_zyx": list(record["patch_size_zyx"]),
-            "adaptation_batch_size": 2,
+            "adaptation_batch_size": defaults.batch_size,
             "adaptation_loss_weights": LOSS_PRESETS[training["loss"]],
         }
     return entry

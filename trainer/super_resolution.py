@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
 from trainer.config import SuperResolutionSpec
-from trainer.datasets import PatchSampler, TrainingCase
+from trainer.datasets import PatchSampler, TrainingCase, _crop_padded
 from trainer.loop import Trainer
 from trainer.losses import soft_dice_loss
 from VesselSegLib.preprocessing import get_preset, normalize_intensity
@@ -58,19 +58,14 @@ def make_paired_case(case: TrainingCase, spec: SuperResolutionSpec) -> PairedCas
         # not re-normalised yet: its preset inverts, and the case no longer carries its brain mask.
         low = normalize_intensity(low, case.modality).astype(np.float32)
     crop = tuple(slice(0, r * n) for n in low.shape)
-    image = np.ascontiguousarray(case.image[crop])
     target = np.ascontiguousarray(case.target[(slice(None), *crop)])
-    shape = image.shape
-    vessel = target.any(axis=0)
-    box = tuple((min(lo, n - 1), min(hi, n)) for (lo, hi), n in zip(case.box, shape, strict=True))
-    high = TrainingCase(
-        name=case.name,
-        image=image,
+    shape = tuple(r * n for n in low.shape)
+    high = dataclasses.replace(
+        case,
+        image=np.ascontiguousarray(case.image[crop]),
         target=target,
-        spacing_zyx=case.spacing_zyx,
-        modality=case.modality,
-        box=box,
-        vessel_voxels=np.flatnonzero(vessel),
+        box=tuple((min(lo, n - 1), min(hi, n)) for (lo, hi), n in zip(case.box, shape, strict=True)),
+        vessel_voxels=np.flatnonzero(target.any(axis=0)),
     )
     return PairedCase(high=high, low_image=low)
 
@@ -105,8 +100,6 @@ class PairedPatchSampler:
 
     def extract(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One pair: LR image ``(1, z, y, x)`` and targets ``(C + 1, r z, r y, r x)`` (HR image last)."""
-        from trainer.datasets import _crop_padded
-
         r = self.downsample
         spec = self.high.draw(rng)
         low_start = tuple(s // r for s in spec.start_zyx)  # floor, also for the padding's negative starts

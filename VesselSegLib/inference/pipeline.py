@@ -96,10 +96,6 @@ class SegmentationResult:
     for ROSE (``MethodPrediction.images``); brought back from the model's grid like the probabilities, not
     masked; empty for most methods. :meth:`output_volume` gives each its geometry."""
 
-    def __post_init__(self) -> None:
-        # float32 arrays whatever the source (a result read back from JSON holds nested lists).
-        self.images = {name: np.asarray(image, dtype=np.float32) for name, image in self.images.items()}
-
     def binary_mask(self, class_name: str) -> np.ndarray:
         """Voxels labelled ``class_name``, shape (Z', Y', X'), bool."""
         return self.class_map == vessel_class(class_name).label_value

@@ -29,7 +29,8 @@ class AdaptiveNetwork(NetworkEnsemble):
         self.default_adaptation_budget_s = float(entry.settings.get("default_adaptation_s", 0.0))
         self._adapted = None
 
-    def adaptation_settings(self, plan):
+    def adaptation_settings(self):
+        """The entry's adaptation settings over :class:`AdaptationSettings`' defaults."""
         from VesselSegLib.unsupervised.adaptation import AdaptationSettings
 
         settings = self.entry.settings
@@ -48,7 +49,7 @@ class AdaptiveNetwork(NetworkEnsemble):
         self._adapted = None
         if budget_s <= 0:
             return {}
-        settings = self.adaptation_settings(plan)
+        settings = self.adaptation_settings()
         network = self.entry.load_network()
         adapted, record = adapt_network(
             network,
