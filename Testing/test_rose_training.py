@@ -147,3 +147,27 @@ def test_a_tiny_rose_run_trains_validates_on_the_2x_grid_and_exports_a_2x_entry(
         phantom.image, phantom.spacing_zyx, method="rose-test", device="cpu", registry=registry
     )
     assert result.class_map.shape == (32, 48, 56) and result.images["super_resolved"].shape == (32, 48, 56)
+
+
+def test_swi_lr_inputs_are_normalised_as_the_pipeline_normalises_a_dark_vein_lr_scan(tmp_path):
+    # The pipeline gets an SWI scan in its own contrast (dark veins) with its LR brain mask, inverts it and
+    # stretches the preset's percentiles inside the mask; training must show the network the same values.
+    document = tomllib.loads((REPO / "trainer" / "configs" / "rose_swi.toml").read_text())
+    document["model"]["arguments"] = dict(TINY_ROSE)
+    for key in ("training", "validation"):
+        document["data"][key][0].update(count=1, shape_zyx=[18, 40, 44])
+    document["training"].update(epochs=1, patches_per_epoch=2, batch_size=2, patch_size_zyx=[8, 16, 16])
+    document["training"]["super_resolution"].update(truncation_zyx=[1, 1, 1])
+    document["output"] = {"run_dir": str(tmp_path / "run")}
+    config = parse_config(document)
+    (pair,), _ = _pairs(config)
+    brain = pair.high.image != 0
+    assert 0.2 < brain.mean() < 0.95  # the phantom's head does not fill the box: the mask matters
+    low_brain = block_mean(brain.astype(np.float32), 2) >= 0.5
+    scanner_lr = 1.0 - block_mean(pair.high.image, 2)  # dark veins, as a scanner gives them
+    expected = normalize_intensity(scanner_lr, "SWI", low_brain)
+    np.testing.assert_allclose(pair.low_image, expected, atol=1e-5)
+    assert np.all(pair.low_image[~low_brain] == 0)
+    # Bright veins inside the brain, as the network expects (the mean vein voxel brighter than the brain).
+    veins = block_mean(pair.high.target[0].astype(np.float32), 2) >= 0.5
+    assert pair.low_image[veins & low_brain].mean() > pair.low_image[low_brain].mean() + 0.1

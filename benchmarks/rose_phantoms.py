@@ -48,13 +48,12 @@ optimiser, learning-rate schedule, foreground fraction and fixed 0.5 threshold, 
 (default the project's UNet3D, base 8, 3 levels). One difference remains: a file case draws its uniform
 (background) patch centres from the whole volume, a phantom case from the brain and vessels' box.
 
-Known bias, against ROSE: the pipeline normalises every input itself (percentiles of the LR volume), while
-the ROSE trainer feeds the network the LR of the normalised HR volume as it is; on the default test phantoms
-the pipeline's LR input is ~1.14 x (TOF-MRA) / ~1.16 x (SWI) the trainer's, minus ~0.03. The file-trained
-baselines are normalised the same way in training and in use for TOF-MRA, so they do not pay this; for SWI
-nearly so (a file source has no mask: their training volumes are normalised over the whole volume, their
-test inputs inside the brain mask). ROSE's SR image keeps the stretch too, which lowers its PSNR against
-the interpolation rows (computed on the trainer's scale).
+Normalisation: the pipeline normalises every input itself (percentiles of the LR volume; SWI inverted
+inside the LR brain mask), and the ROSE trainer normalises its simulated LR inputs the same way
+(``trainer.super_resolution.make_paired_case``), so training and test see the same scale. The file-trained
+baselines are normalised the same way in training and in use for TOF-MRA; for SWI nearly so (a file source
+has no mask: their training volumes are normalised over the whole volume, their test inputs inside the
+brain mask). ROSE's SR image is on the HR training scale, the scale PSNR is computed on.
 
 Budget (the ROSE configurations, notes section 6): 40 epochs x 400 patches, batch 4, i.e. 4,000 steps per
 model and seed, the same for every trained row. Measured training steps (one thread, late 2026): slim ROSE

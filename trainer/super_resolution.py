@@ -32,7 +32,7 @@ from trainer.datasets import PatchSampler, TrainingCase, _crop_padded
 from trainer.loop import Trainer
 from trainer.losses import soft_dice_loss
 from VesselSegLib.preprocessing import get_preset, normalize_intensity
-from VesselSegLib.preprocessing.low_resolution import simulate_low_resolution
+from VesselSegLib.preprocessing.low_resolution import block_mean, simulate_low_resolution
 
 #: lambda of ROSE eq. (5).
 PAPER_IMAGE_LOSS_WEIGHT = 0.1
@@ -52,11 +52,16 @@ def make_paired_case(case: TrainingCase, spec: SuperResolutionSpec) -> PairedCas
     low = simulate_low_resolution(
         case.image, truncation_zyx=spec.truncation_zyx, downsample=r, kept_fraction=spec.kept_fraction
     ).astype(np.float32)
+    # Inference normalises the user's LR volume with the preset's percentiles; the LR of a normalised HR
+    # volume is ~1.15x narrower, so normalise it the same way (the SR target stays the HR scale).
     if get_preset(case.modality).vessels_bright:
-        # Inference normalises the user's LR volume with the preset's percentiles; the LR of a normalised HR
-        # volume is ~1.15x narrower, so normalise it the same way (the SR target stays the HR scale). SWI is
-        # not re-normalised yet: its preset inverts, and the case no longer carries its brain mask.
         low = normalize_intensity(low, case.modality).astype(np.float32)
+    else:
+        # SWI: the user gives dark veins and the LR brain mask; the case's image is zero exactly outside the
+        # brain (its normalisation zeroes it there), so that is its mask, and the LR mask is its block mean
+        # >= 0.5, as the benchmark hands SWI inputs to the pipeline.
+        low_brain = block_mean((case.image != 0).astype(np.float32), r) >= 0.5
+        low = normalize_intensity(1.0 - low, case.modality, low_brain).astype(np.float32)
     crop = tuple(slice(0, r * n) for n in low.shape)
     target = np.ascontiguousarray(case.target[(slice(None), *crop)])
     shape = tuple(r * n for n in low.shape)
