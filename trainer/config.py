@@ -175,6 +175,119 @@ class TrainingConfig:
     #: ``[training.super_resolution]``: train a 2x super-resolution segmenter (ROSE) on simulated
     #: low-resolution inputs of the cases (trainer/super_resolution.py); None: ordinary training.
     super_resolution: SuperResolutionSpec | None = None
+    #: ``[training.sld]``: train 3D-SLD (3D segmentation guided only by 2D vessel masks, no 3D label;
+    #: trainer/sld/trainer.py); None: ordinary training.
+    sld: SLDSpec | None = None
+
+
+@dataclass(frozen=True)
+class SLDSpec:
+    """``[training.sld]``: the three stages of 3D-SLD and its guidance (notes ``3D-SLD.md`` sections 2-3, 6.5).
+
+    ``training.batch_size`` is the number of items per iteration (each: two crops, two views of each, and
+    ``mixups`` mixed crops) and ``training.patches_per_epoch / batch_size`` the iterations per epoch ``I`` of
+    the ramps (eq. 11, 18). ``training.epochs`` must equal the sum of ``stage_epochs``.
+
+    Attributes
+    ----------
+    stage_epochs : 3 ints >= 0
+        Epochs of stage 1 (patch discrimination + hypersphere mixup pre-training, eq. 15), stage 2 (adds
+        region discrimination, the adversarial MIP loss, consistency and entropy, eq. 16) and stage 3
+        (adds Reliability-Refinement, eq. 14). Paper: 100 / 40 / 60; 0 skips a stage (an ablation).
+    references : str
+        Folder of 2D vessel masks (PNG/TIFF), relative to the configuration file, or "bundled"
+        (``Resources/GuidanceMasks``: a fundus-derived mask and procedural trees; never a target label).
+    reference_count : int
+        Crop-and-Overlap reference masks per iteration (paper: 24).
+    crop_scale : "auto" or 2 floats in (0, 1]
+        Crop side as a fraction of a mask's side; "auto": from physical vessel widths (notes 6.3).
+    max_patches : "auto" or int >= 1
+        Most patches united per reference; "auto": until the references are as dense as Otsu-thresholded
+        intensity MIPs of the unlabelled training crops (notes 6.3).
+    mixups : int >= 0
+        Mixed crops per item for the hypersphere mixup loss.
+    consistency : bool
+        Temporal consistency with the EMA teacher (eq. 10-12); False: the "without consistency" ablation.
+    discriminator_learning_rate : float
+        Adam's rate for the discriminator (notes: 0.05 x the network's 1e-3).
+    pseudo_label_views : int
+        Flipped copies averaged into a pseudo label (N_e = 8, eq. 13).
+    confidence : float in (0.5, 1)
+        v_c of the reliable-voxel mask (eq. 13): voxels with 1 - v_c < y' < v_c are ignored.
+    """
+
+    stage_epochs: tuple[int, int, int] = (10, 30, 10)
+    references: str = "bundled"
+    reference_count: int = 8
+    crop_scale: str | tuple[float, float] = "auto"
+    max_patches: str | int = "auto"
+    mixups: int = 2
+    consistency: bool = True
+    discriminator_learning_rate: float = 5e-5
+    pseudo_label_views: int = 8
+    confidence: float = 0.9
+
+
+def _sld(value: Any) -> SLDSpec | None:
+    if value is None:
+        return None
+    where = "training.sld"
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a table ([{where}]), got {value!r}.")
+    _check_keys(value, where, set(SLDSpec.__dataclass_fields__), set())
+    defaults = SLDSpec()
+    stages = value.get("stage_epochs", list(defaults.stage_epochs))
+    if (
+        not isinstance(stages, list)
+        or len(stages) != 3
+        or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in stages)
+    ):
+        raise ValueError(f"{where}.stage_epochs must be 3 integers >= 0 (stages 1, 2, 3), got {stages!r}.")
+    if stages[1] + stages[2] == 0:
+        raise ValueError(
+            f"{where}.stage_epochs {stages}: stage 2 or 3 must run (stage 1 trains no vessel map)."
+        )
+    references = value.get("references", defaults.references)
+    if not isinstance(references, str) or not references:
+        raise ValueError(f'{where}.references must be a folder path or "bundled", got {references!r}.')
+    crop_scale = value.get("crop_scale", defaults.crop_scale)
+    if crop_scale != "auto":
+        if (
+            not isinstance(crop_scale, list)
+            or len(crop_scale) != 2
+            or not 0 < crop_scale[0] <= crop_scale[1] <= 1
+        ):
+            raise ValueError(
+                f'{where}.crop_scale must be "auto" or [low, high] with 0 < low <= high <= 1, got {crop_scale!r}.'
+            )
+        crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+    max_patches = value.get("max_patches", defaults.max_patches)
+    if max_patches != "auto":
+        max_patches = _integer(max_patches, f"{where}.max_patches", 1)
+    return SLDSpec(
+        stage_epochs=tuple(int(e) for e in stages),
+        references=references,
+        reference_count=_integer(
+            value.get("reference_count", defaults.reference_count), f"{where}.reference_count", 1
+        ),
+        crop_scale=crop_scale,
+        max_patches=max_patches,
+        mixups=_integer(value.get("mixups", defaults.mixups), f"{where}.mixups", 0),
+        consistency=_boolean(value.get("consistency", defaults.consistency), f"{where}.consistency"),
+        discriminator_learning_rate=_number(
+            value.get("discriminator_learning_rate", defaults.discriminator_learning_rate),
+            f"{where}.discriminator_learning_rate",
+            0,
+            1,
+            open_low=True,
+        ),
+        pseudo_label_views=_integer(
+            value.get("pseudo_label_views", defaults.pseudo_label_views), f"{where}.pseudo_label_views", 1
+        ),
+        confidence=_number(
+            value.get("confidence", defaults.confidence), f"{where}.confidence", 0.5, 1, open_low=True
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -641,7 +754,18 @@ def parse_config(
         init_weights=init_weights,
         randomisation=_randomisation(t.get("randomisation")),
         super_resolution=_super_resolution(t.get("super_resolution")),
+        sld=_sld(t.get("sld")),
     )
+    if training.sld is not None:
+        if training.super_resolution is not None:
+            raise ValueError(
+                "training.sld and training.super_resolution cannot be combined; choose one method."
+            )
+        if sum(training.sld.stage_epochs) != training.epochs:
+            raise ValueError(
+                f"training.epochs is {training.epochs} but training.sld.stage_epochs {list(training.sld.stage_epochs)} "
+                f"sum to {sum(training.sld.stage_epochs)}; make them agree."
+            )
 
     out = raw["output"]
     _check_keys(out, "output", {"run_dir"}, {"run_dir"})
@@ -707,6 +831,7 @@ __all__ = [
     "ModelConfig",
     "OutputConfig",
     "PhantomSource",
+    "SLDSpec",
     "Source",
     "TrainConfig",
     "TrainingConfig",

@@ -711,7 +711,8 @@ def run_training(
 
     ``trainer_class`` defaults to :class:`Trainer`, or to ``trainer.unsupervised.UnsupervisedTrainer`` when
     the configured loss is label-free (``training.loss = "umis"``), or to
-    ``trainer.super_resolution.SuperResolutionTrainer`` with a ``[training.super_resolution]`` table (ROSE).
+    ``trainer.super_resolution.SuperResolutionTrainer`` with a ``[training.super_resolution]`` table (ROSE),
+    or to ``trainer.sld.trainer.SLDTrainer`` with a ``[training.sld]`` table (3D-SLD).
     """
     if trainer_class is None:
         trainer_class = Trainer
@@ -723,6 +724,10 @@ def run_training(
             from trainer.super_resolution import SuperResolutionTrainer
 
             trainer_class = SuperResolutionTrainer
+        elif config.training.sld is not None:
+            from trainer.sld.trainer import SLDTrainer
+
+            trainer_class = SLDTrainer
     context = init_distributed(config.training.device)
     try:
         return trainer_class(config, resume=resume, command=command, context=context).fit()

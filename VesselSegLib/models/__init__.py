@@ -14,6 +14,7 @@ _EXPORTS = {
     "build_network": "VesselSegLib.models.networks",
     "ModelEntry": "VesselSegLib.models.registry",
     "ModelRegistry": "VesselSegLib.models.registry",
+    "SLDNet": "VesselSegLib.models.sld",
     "UNet3D": "VesselSegLib.models.unet3d",
     "count_parameters": "VesselSegLib.models.unet3d",
 }

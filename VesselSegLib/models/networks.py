@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from VesselSegLib.models.rose import ROSENet
+from VesselSegLib.models.sld import SLDNet
 from VesselSegLib.models.umis import UMISNet
 from VesselSegLib.models.unet3d import UNet3D
 from VesselSegLib.models.vcnet import VCNet
@@ -16,6 +17,7 @@ from VesselSegLib.models.vnet import VNet3D
 # register here.
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {
     "ROSENet": ROSENet,
+    "SLDNet": SLDNet,
     "UMISNet": UMISNet,
     "UNet3D": UNet3D,
     "VCNet": VCNet,
