@@ -127,6 +127,10 @@ def test_an_interrupted_run_resumes_with_its_discriminator_and_teacher(tmp_path)
 def test_export_and_segment_a_phantom(trained_run, tmp_path):
     entry = export_run(trained_run, name="sld-test", out_dir=tmp_path, modalities=["TOF-MRA"])
     assert entry["architecture"] == "SLDNet" and entry["thresholds"] == {"artery": 0.5}
+    card = json.loads((tmp_path / "sld-test.card.json").read_text())
+    guidance = card["guidance"]  # the card says which 2D masks guided the model
+    assert guidance["references"] == "bundled" and "retina-sato.png" in guidance["reference_files"]
+    assert guidance["provenance"] == "Resources/GuidanceMasks/README.md"
     (tmp_path / "models.json").write_text(json.dumps({"schema_version": 1, "models": [entry]}))
     registry = ModelRegistry.from_file(tmp_path / "models.json")
     phantom = make_phantom_case("TOF-MRA", (32, 48, 48), seed=9)

@@ -116,6 +116,9 @@ def export_run(
         "recipe_notes": _leading_comments(run_dir / CONFIG_COPY),
         "date": now,
     }
+    if record.get("sld"):
+        # 3D-SLD: which 2D masks guided the model, and the label-free Crop-and-Overlap choice.
+        card["guidance"] = record["sld"]
     out_dir = Path(out_dir)
     weights_path = out_dir / f"{name}.safetensors"
     sha256 = save_checkpoint(

@@ -56,7 +56,7 @@ from trainer.loop import (
 )
 from trainer.sld import losses
 from trainer.sld.discriminator import MaskDiscriminator
-from trainer.sld.guidance import BUNDLED_MASKS, read_mask_folder
+from trainer.sld.guidance import BUNDLED_MASKS, MASK_SUFFIXES, read_mask_folder
 from trainer.sld.references import (
     choose_crop_settings,
     foreground_fraction_of_intensity_mips,
@@ -446,9 +446,19 @@ class SLDTrainer(Trainer):
         path = self.run_dir / RUN_RECORD
         record = json.loads(path.read_text())
         choice = self.crop_choice
+        folder = self._references_folder()
         record["sld"] = {
-            "references": str(self._references_folder()),
+            "references": self.sld.references,
+            "references_folder": str(folder),
             "reference_masks": len(self.reference_masks),
+            "reference_files": sorted(
+                f.name
+                for f in folder.iterdir()
+                if f.suffix.lower() in MASK_SUFFIXES and not f.name.startswith(".")
+            ),
+            "provenance": "Resources/GuidanceMasks/README.md"
+            if self.sld.references == "bundled"
+            else "the user's folder",
             "crop_overlap": {
                 "crop_scale": list(choice.settings.crop_scale),
                 "max_patches": choice.settings.max_patches,
