@@ -257,3 +257,26 @@ def test_build_network_from_config_arguments():
 def test_bad_arguments_raise(arguments, message):
     with pytest.raises(ValueError, match=message):
         SLDNet(**{"widths": (4, 8, 16), **arguments})
+
+
+def test_the_largest_cluster_decision_cuts_where_the_vessel_channel_wins():
+    from VesselSegLib.models.sld import decision_map
+
+    torch.manual_seed(0)
+    clusters = torch.softmax(3 * torch.randn(2, 4, 4, 8, 8), dim=1)
+    for t in range(4):
+        wins = clusters.argmax(dim=1, keepdim=True) == t
+        assert wins.any() and (~wins).any()
+        assert torch.equal(decision_map(clusters, t, "largest") > 0.5, wins)
+        assert torch.equal(decision_map(clusters, t, "threshold"), clusters[:, t : t + 1])
+    threshold = SLDNet(widths=(4, 8), embedding_channels=4, clusters=4).eval()
+    largest = SLDNet(widths=(4, 8), embedding_channels=4, clusters=4, decision="largest").eval()
+    largest.load_state_dict(threshold.state_dict())
+    image = torch.rand(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        net_clusters = threshold.forward_all(image).clusters
+        torch.testing.assert_close(torch.sigmoid(threshold(image)), net_clusters[:, :1], atol=1e-5, rtol=0)
+        expected = decision_map(net_clusters, 0, "largest")
+        torch.testing.assert_close(torch.sigmoid(largest(image)), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="decision must be one of"):
+        SLDNet(decision="argmax")

@@ -63,7 +63,7 @@ from trainer.sld.references import (
     reference_batch,
     target_vessel_width_voxels,
 )
-from VesselSegLib.models.sld import apply_orientation, invert_orientation, orientation_group
+from VesselSegLib.models.sld import apply_orientation, decision_map, invert_orientation, orientation_group
 from VesselSegLib.unsupervised.adaptation import random_crops
 
 logger = logging.getLogger(__name__)
@@ -270,8 +270,9 @@ class SLDTrainer(Trainer):
                 loss = loss + weight * terms["consistency"]
         if stage == 3:
             pseudo = self.pseudo_labels(images[:crops])
+            network = unwrap_model(self.model)
             terms["refinement"] = losses.reliability_refinement_loss(
-                clusters[:crops, self.model_vessel_channel : self.model_vessel_channel + 1],
+                decision_map(clusters[:crops], network.vessel_channel, network.decision),
                 pseudo,
                 confidence=self.sld.confidence,
             )
@@ -310,7 +311,7 @@ class SLDTrainer(Trainer):
 
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """Eq. (13): ``f'``'s vessel probability averaged over the 8 flips of (Z, Y, X), turned back."""
+        """Eq. (13): ``f'``'s decision map averaged over the 8 flips of (Z, Y, X), turned back."""
         network = self._best_network()
         flips = [(z, y, x) for z in (False, True) for y in (False, True) for x in (False, True)]
         flips = flips[: self.sld.pseudo_label_views]
@@ -318,7 +319,9 @@ class SLDTrainer(Trainer):
         for flip in flips:
             dims = [2 + i for i, f in enumerate(flip) if f]
             turned = torch.flip(images, dims) if dims else images
-            probability = network.vessel_probability(turned).float()
+            # The decision map (m^t, or its share against the largest rival cluster): y = [y' > 0.5] must be
+            # the decision the shipped model makes.
+            probability = network.decision_probability(turned).float()
             total += torch.flip(probability, dims) if dims else probability
         return total / len(flips)
 
@@ -355,7 +358,8 @@ class SLDTrainer(Trainer):
             total += LOSS_WEIGHTS.entropy * entropy
             for name, value in (("loss", total), ("region", region), ("adversarial", adversarial)):
                 values.setdefault(name, []).append(value)
-            values.setdefault("foreground", []).append(float((clusters[:, channel] > 0.5).float().mean()))
+            decision = decision_map(clusters, channel, network.decision)
+            values.setdefault("foreground", []).append(float((decision > 0.5).float().mean()))
         network.train()
         metrics = {name: float(np.mean(v)) for name, v in values.items()}
         metrics["mean_dice"] = math.nan  # no labels
