@@ -39,7 +39,10 @@ class UnsupervisedTrainer(Trainer):
     def setup(self) -> None:
         # The last epoch is the model: no early stop, whatever the configuration's default.
         self.config = dataclasses.replace(
-            self.config, training=dataclasses.replace(self.config.training, early_stop_patience=10**9)
+            self.config,
+            training=dataclasses.replace(
+                self.config.training, early_stop_patience=10**9, threshold_selection="fixed"
+            ),
         )
         self._epoch_terms: dict[str, list[float]] = {}
         super().setup()
@@ -102,14 +105,6 @@ class UnsupervisedTrainer(Trainer):
         metrics = {name: float(np.mean(values)) for name, values in sums.items()}
         metrics["mean_dice"] = math.nan  # no labels: the loop falls back on the loss
         return metrics
-
-    def choose_thresholds(self) -> dict:
-        threshold = self.config.training.validation_threshold
-        return {
-            "selection": "fixed",
-            "thresholds": dict.fromkeys(self.vessel_classes, threshold),
-            "dice_by_threshold": {},
-        }
 
     @property
     def log_columns(self) -> list[str]:

@@ -113,7 +113,10 @@ class SLDTrainer(Trainer):
         self.sld = self.config.training.sld
         # Constant learning rate and no early stop: nothing here is selected with a label.
         self.config = dataclasses.replace(
-            self.config, training=dataclasses.replace(self.config.training, early_stop_patience=10**9)
+            self.config,
+            training=dataclasses.replace(
+                self.config.training, early_stop_patience=10**9, threshold_selection="fixed"
+            ),
         )
         self._epoch_terms: dict[str, list[float]] = {}
         self.iteration_in_stage = 0
@@ -364,14 +367,6 @@ class SLDTrainer(Trainer):
         metrics = {name: float(np.mean(v)) for name, v in values.items()}
         metrics["mean_dice"] = math.nan  # no labels
         return metrics
-
-    def choose_thresholds(self) -> dict:
-        threshold = self.config.training.validation_threshold
-        return {
-            "selection": "fixed",
-            "thresholds": dict.fromkeys(self.vessel_classes, threshold),
-            "dice_by_threshold": {},
-        }
 
     @property
     def log_columns(self) -> list[str]:
