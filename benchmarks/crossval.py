@@ -63,6 +63,20 @@ SCORE_KEYS = ("dice", "cldice", "precision", "sensitivity", "ap", "hd95_um")
 TUNING_CANDIDATES = tuple(float(t) for t in np.round(np.geomspace(1e-4, 0.9, 48), 4))
 
 
+def parse_override(assignment: str, text: str) -> tuple[str, object]:
+    """One ``section.key=VALUE`` of the ``--methods`` entry ``text`` as ``(key, value)``, the value parsed as TOML
+    (a bare word: a string); blanks around the key and value are dropped (an error shows them as given)."""
+    key, _, value = assignment.strip().partition("=")
+    key, value = key.strip(), value.strip()
+    if "." not in key or not value:
+        raise SystemExit(f"error: bad override {assignment!r} in {text!r}; write section.key=VALUE.")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # a bare word: a string
+    return key, parsed
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """``NAME``, ``NAME=CONFIG.toml`` or ``NAME=CONFIG.toml,section.key=VALUE,...`` (TOML values), the
@@ -80,17 +94,8 @@ class MethodSpec:
             raise SystemExit(f"error: bad --methods entry {text!r}; write NAME or NAME=CONFIG.toml.")
         if config and not Path(config).is_file():
             raise SystemExit(f"error: configuration {config} of method {name} does not exist.")
-        overrides = []
-        for assignment in assignments:
-            key, _, value = assignment.partition("=")
-            if "." not in key or not value:
-                raise SystemExit(f"error: bad override {assignment!r} in {text!r}; write section.key=VALUE.")
-            try:
-                parsed = tomllib.loads(f"v = {value}")["v"]
-            except tomllib.TOMLDecodeError:
-                parsed = value  # a bare word: a string
-            overrides.append((key, parsed))
-        return cls(name=name, config=Path(config) if config else None, overrides=tuple(overrides))
+        overrides = tuple(parse_override(assignment, text) for assignment in assignments)
+        return cls(name=name, config=Path(config) if config else None, overrides=overrides)
 
     def document(self) -> dict:
         """The configuration as parsed TOML, overrides applied."""

@@ -113,6 +113,7 @@ from VesselSegLib.request import SegmentationRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
 from crossval import MethodSpec, write_rows  # noqa: E402
+from seed_tables import seed_comparison_cells, seed_table_header  # noqa: E402
 
 logger = logging.getLogger("rose_phantoms")
 
@@ -728,49 +729,13 @@ def summarise(rows: list[dict], timings: dict[str, float], first: str, args) -> 
                 f"{epoch} |"
             )
     timing_label = f"s per {' x '.join(map(str, reversed(args.timing_shape)))} LR volume (X Y Z)"
-    lines += [
-        "",
-        f"Mean +- sd over seeds (of the per-seed means); differences to {first}:",
-        "",
-        "| method | seeds | "
-        + " | ".join(HEADERS[k] for k in keys)
-        + " | "
-        + " | ".join(f"delta {HEADERS[k]}" for k in DELTA_KEYS)
-        + f" | beyond seed spread | train s/seed | {timing_label} |",
-        "| --- | --- | " + " | ".join("---" for _ in (*keys, *DELTA_KEYS)) + " | --- | --- | --- |",
-    ]
-    reference = methods.get(first)
+    lines += seed_table_header(first, keys, DELTA_KEYS, HEADERS, ("train s/seed", timing_label))
     for method, summary in methods.items():
-        cells = []
-        for key in keys:
-            mean, sd = summary["mean"][key], summary["sd"][key]
-            if not math.isfinite(mean):
-                cells.append("n/a")
-            elif math.isfinite(sd) and summary["seeds"]:  # untrained rows: one deterministic value
-                cells.append(f"{_fmt(mean, key)} +- {_fmt(sd, key)}")
-            else:
-                cells.append(_fmt(mean, key))
-        deltas, beyond, unjudged = [], [], False
-        for key in DELTA_KEYS:
-            if reference is None or method == first:
-                deltas.append("")
-                continue
-            delta = summary["mean"][key] - reference["mean"][key]
-            if not math.isfinite(delta):
-                deltas.append("n/a")
-                continue
-            deltas.append(f"{delta:+.2f}" if key == "psnr_db" else f"{delta:+.3f}")
-            spread = summary["sd"][key] + reference["sd"][key]
-            if not math.isfinite(spread):
-                unjudged = True
-            elif abs(delta) > spread:
-                beyond.append(HEADERS[key])
-        if reference is None or method == first:
-            verdict = "(reference)"
-        elif beyond:
-            verdict = ", ".join(beyond)
-        else:
-            verdict = "n/a (one seed)" if unjudged else "none"
+        reference = None if method == first else methods.get(first)
+        # "+- sd" from one seed on (untrained rows, seeds 0: one deterministic value); PSNR with two decimals
+        cells, deltas, verdict = seed_comparison_cells(
+            summary, reference, keys, DELTA_KEYS, HEADERS, _fmt, two_decimal_keys=("psnr_db",), min_seeds=1
+        )
         timing = timings.get(method)
         lines.append(
             f"| {method} | {summary['seeds'] or ''} | "

@@ -100,7 +100,7 @@ from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.request import SegmentationRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
-from crossval import MethodSpec, write_rows  # noqa: E402
+from crossval import MethodSpec, parse_override, write_rows  # noqa: E402
 from rose_phantoms import (  # noqa: E402
     TrainedMethod,
     _check_recipe,
@@ -109,6 +109,7 @@ from rose_phantoms import (  # noqa: E402
     test_spacing,
     train_seed,
 )
+from seed_tables import seed_comparison_cells, seed_table_header  # noqa: E402
 
 logger = logging.getLogger("sld_phantoms")
 
@@ -351,17 +352,8 @@ def parse_method(text: str) -> MethodSpec:
         )
     if not Path(config).is_file():
         raise SystemExit(f"error: configuration {config} of method {name} does not exist.")
-    overrides = []
-    for assignment in assignments:
-        key, _, value = assignment.strip().partition("=")
-        if "." not in key or not value:
-            raise SystemExit(f"error: bad override {assignment!r} in {text!r}; write section.key=VALUE.")
-        try:
-            parsed = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value  # a bare word: a string
-        overrides.append((key, parsed))
-    return MethodSpec(name=name, config=Path(config), overrides=tuple(overrides))
+    overrides = tuple(parse_override(assignment, text) for assignment in assignments)
+    return MethodSpec(name=name, config=Path(config), overrides=overrides)
 
 
 def check_configuration(name: str, config: TrainConfig, test_seeds) -> None:
@@ -518,47 +510,13 @@ def summarise(rows: list[dict], timing: list[dict], first: str, test_set: dict, 
             lines.append(
                 f"| {method} | {'' if seed is None else seed} | {cells} | {_fmt(means['train_s'], 'train_s')} |"
             )
-    lines += [
-        "",
-        f"Mean +- sd over seeds (of the per-seed means); differences to {first}:",
-        "",
-        "| method | seeds | "
-        + " | ".join(HEADERS[k] for k in keys)
-        + " | "
-        + " | ".join(f"delta {HEADERS[k]}" for k in DELTA_KEYS)
-        + " | beyond seed spread | train s/seed |",
-        "| --- | --- | " + " | ".join("---" for _ in (*keys, *DELTA_KEYS)) + " | --- | --- |",
-    ]
-    reference = methods.get(first)
+    lines += seed_table_header(first, keys, DELTA_KEYS, HEADERS, ("train s/seed",))
     for method, summary in methods.items():
-        cells = []
-        for key in keys:
-            mean, sd = summary["mean"][key], summary["sd"][key]
-            if math.isfinite(mean) and math.isfinite(sd) and summary["seeds"] > 1:
-                cells.append(f"{_fmt(mean, key)} +- {_fmt(sd, key)}")
-            else:
-                cells.append(_fmt(mean, key))
-        deltas, beyond, unjudged = [], [], False
-        for key in DELTA_KEYS:
-            if reference is None or method == first:
-                deltas.append("")
-                continue
-            delta = summary["mean"][key] - reference["mean"][key]
-            if not math.isfinite(delta):
-                deltas.append("n/a")
-                continue
-            deltas.append(f"{delta:+.2f}" if key == "hd95_mm" else f"{delta:+.3f}")
-            spread = summary["sd"][key] + reference["sd"][key]
-            if not math.isfinite(spread):
-                unjudged = True
-            elif abs(delta) > spread:
-                beyond.append(HEADERS[key])
-        if reference is None or method == first:
-            verdict = "(reference)"
-        elif beyond:
-            verdict = ", ".join(beyond)
-        else:
-            verdict = "n/a (one seed)" if unjudged else "none"
+        reference = None if method == first else methods.get(first)
+        # "+- sd" needs two seeds (one seed has no sd); HD95 mm is shown with two decimals
+        cells, deltas, verdict = seed_comparison_cells(
+            summary, reference, keys, DELTA_KEYS, HEADERS, _fmt, two_decimal_keys=("hd95_mm",), min_seeds=2
+        )
         lines.append(
             f"| {method} | {summary['seeds'] or ''} | "
             + " | ".join(cells)
