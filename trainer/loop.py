@@ -665,7 +665,12 @@ class Trainer:
             finished=finished,
             updated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
+        record.update(self.run_record_extras())
         _write_json(path, record)
+
+    def run_record_extras(self) -> dict[str, Any]:
+        """Method-specific fields for the run record (and so the model card); none by default."""
+        return {}
 
     # ---------------------------------------------------------------------------------------- signals
 

@@ -353,25 +353,9 @@ def procedural_vessel_tree(seed: int, size: int = 512) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # Mask folders.
 # ---------------------------------------------------------------------------------------------------------
-def read_mask_folder(folder: str | os.PathLike) -> list[np.ndarray]:
-    """The 2D vessel masks of a folder: its ``*.png``, ``*.tif`` and ``*.tiff`` files, sorted by name.
-
-    A mask is foreground where its value is > 0. A colour image (last axis of 3 or 4 channels) is foreground
-    where any of its R, G, B channels is > 0 (an alpha channel is ignored, since it is usually opaque
-    everywhere); a grey + alpha image (2 channels) uses its first channel; singleton axes are dropped.
-    Masks must be binary already: threshold a probability map yourself first. Other files are ignored.
-
-    Returns
-    -------
-    list of np.ndarray
-        One (H, W) bool array per file.
-
-    Raises
-    ------
-    ValueError
-        One line naming the problem and the fix: a missing folder, no mask file in it, an unreadable or
-        damaged file, an image that is not 2D, or a mask that is empty (all zero) or foreground everywhere.
-    """
+def mask_files(folder: str | os.PathLike) -> list[Path]:
+    """The mask files of a folder, sorted by name: its ``*.png``, ``*.tif`` and ``*.tiff`` files, hidden files
+    and other files left out. Raises ValueError as :func:`read_mask_folder` does for a missing or empty folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(
@@ -391,7 +375,29 @@ def read_mask_folder(folder: str | os.PathLike) -> list[np.ndarray]:
             f"Guidance mask folder {folder} holds no mask file ({', '.join('*' + s for s in MASK_SUFFIXES)}); "
             f"add 2D vessel masks or point to another folder."
         )
-    return [read_mask(path) for path in files]
+    return files
+
+
+def read_mask_folder(folder: str | os.PathLike) -> list[np.ndarray]:
+    """The 2D vessel masks of a folder: its ``*.png``, ``*.tif`` and ``*.tiff`` files, sorted by name.
+
+    A mask is foreground where its value is > 0. A colour image (last axis of 3 or 4 channels) is foreground
+    where any of its R, G, B channels is > 0 (an alpha channel is ignored, since it is usually opaque
+    everywhere); a grey + alpha image (2 channels) uses its first channel; singleton axes are dropped.
+    Masks must be binary already: threshold a probability map yourself first. Other files are ignored.
+
+    Returns
+    -------
+    list of np.ndarray
+        One (H, W) bool array per file.
+
+    Raises
+    ------
+    ValueError
+        One line naming the problem and the fix: a missing folder, no mask file in it, an unreadable or
+        damaged file, an image that is not 2D, or a mask that is empty (all zero) or foreground everywhere.
+    """
+    return [read_mask(path) for path in mask_files(folder)]
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

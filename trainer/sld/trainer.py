@@ -48,7 +48,6 @@ from trainer.datasets import load_source_list
 from trainer.distributed import unwrap_model
 from trainer.loop import (
     LAST_STATE,
-    RUN_RECORD,
     Trainer,
     TrainingInterruptedError,
     optimizer_state_from_files,
@@ -56,7 +55,7 @@ from trainer.loop import (
 )
 from trainer.sld import losses
 from trainer.sld.discriminator import MaskDiscriminator
-from trainer.sld.guidance import BUNDLED_MASKS, MASK_SUFFIXES, read_mask_folder
+from trainer.sld.guidance import BUNDLED_MASKS, mask_files, read_mask
 from trainer.sld.references import (
     choose_crop_settings,
     foreground_fraction_of_intensity_mips,
@@ -132,7 +131,8 @@ class SLDTrainer(Trainer):
         patch = self.config.training.patch_size_zyx
         self.mip_size = (max(patch[1], patch[2]), max(patch[1], patch[2]))
         self.group = orientation_group("in-plane", square=patch[1] == patch[2])
-        self.reference_masks = read_mask_folder(self._references_folder())
+        self.reference_files = mask_files(self._references_folder())
+        self.reference_masks = [read_mask(path) for path in self.reference_files]
         self.crop_choice = self._choose_crop_settings()
         if self.resume:
             self._load_sld_state()
@@ -170,17 +170,14 @@ class SLDTrainer(Trainer):
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
         stage = self.stage_of(epoch)
-        first, second, _ = self.sld.stage_epochs
-        stage_start = {1: 1, 2: first + 1, 3: first + second + 1}[stage]
+        first = self.sld.stage_epochs[0]
         steps = self.steps_per_epoch
         # The ramps (eq. 11, 18) count iterations from the start of stage 2; stage 3 continues them.
         self.iteration_in_stage = (epoch - (first + 1)) * steps if stage >= 2 else 0
         if stage >= 2 and self.teacher is None:
             self.teacher = copy.deepcopy(unwrap_model(self.model)).eval()
-        if stage == 3 and epoch == stage_start and self.best_network_state is None:
-            self.best_network_state = {
-                k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()
-            }
+        if stage == 3 and self.best_network_state is None:  # no stage 2 (or no validation) chose f'
+            self.best_network_state = self._network_state()
         rng = np.random.default_rng([self.config.training.seed, epoch])
         total = 0.0
         show = sys.stderr.isatty()
@@ -228,7 +225,8 @@ class SLDTrainer(Trainer):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last_3d)
         crops = 2 * batch.items
-        output = unwrap_model(self.model).forward_all(images)
+        network = unwrap_model(self.model)
+        output = network.forward_all(images)
         embedding, clusters = output.embedding.float(), output.clusters.float()
         # Stage 1 terms (eq. 15): the second views' embeddings turned back onto the first views' grid.
         first = embedding[:crops]
@@ -249,10 +247,9 @@ class SLDTrainer(Trainer):
             mixed = losses.patch_vectors(embedding[2 * crops :])
             terms["mixup"] = losses.hypersphere_mixup_loss(mixed, a, b, lam)
             loss = loss + LOSS_WEIGHTS.mixup * terms["mixup"]
-        vessel = None
         if stage >= 2:
             plain = slice(0, 2 * crops)  # both views of every crop; the mixed crops only enter the mixup loss
-            channel = self.model_vessel_channel
+            channel = network.vessel_channel
             vessel = clusters[plain, channel : channel + 1]
             fake = losses.discriminator_mips(vessel, self.mip_size)
             terms["region"] = losses.region_discrimination_loss(embedding[plain], clusters[plain])
@@ -273,7 +270,6 @@ class SLDTrainer(Trainer):
                 loss = loss + weight * terms["consistency"]
         if stage == 3:
             pseudo = self.pseudo_labels(images[:crops])
-            network = unwrap_model(self.model)
             terms["refinement"] = losses.reliability_refinement_loss(
                 decision_map(clusters[:crops], network.vessel_channel, network.decision),
                 pseudo,
@@ -290,17 +286,13 @@ class SLDTrainer(Trainer):
         if stage >= 2:
             if self.teacher is not None:
                 momentum = losses.ema_momentum(self.iteration_in_stage, self.steps_per_epoch)
-                losses.update_ema(self.teacher, unwrap_model(self.model), momentum)
+                losses.update_ema(self.teacher, network, momentum)
             terms["discriminator"] = self.discriminator_step(fake.detach(), rng)
             self.iteration_in_stage += 1
         terms["loss"] = loss
         for name, value in terms.items():
             self._epoch_terms.setdefault(name, []).append(float(torch.as_tensor(value).detach()))
         return float(loss.detach())
-
-    @property
-    def model_vessel_channel(self) -> int:
-        return int(unwrap_model(self.model).vessel_channel)
 
     def discriminator_step(self, fake: torch.Tensor, rng: np.random.Generator) -> float:
         """Eq. (8): one Adam step of the discriminator on fresh references (real) and detached MIPs (fake)."""
@@ -328,6 +320,10 @@ class SLDTrainer(Trainer):
             total += torch.flip(probability, dims) if dims else probability
         return total / len(flips)
 
+    def _network_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of the network's weights and buffers (the candidate ``f'``)."""
+        return {k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()}
+
     def _best_network(self) -> nn.Module:
         if getattr(self, "_best_network_module", None) is None:
             network = copy.deepcopy(unwrap_model(self.model))
@@ -346,7 +342,7 @@ class SLDTrainer(Trainer):
         network.eval()
         rng = np.random.default_rng(0)
         values: dict[str, list[float]] = {}
-        channel = self.model_vessel_channel
+        channel = network.vessel_channel
         for case in self.validation_cases:
             crops = torch.from_numpy(
                 random_crops(case.image, self.config.training.patch_size_zyx, VALIDATION_CROPS, rng)
@@ -392,9 +388,7 @@ class SLDTrainer(Trainer):
         if self.stage_of(epoch) == 2 and validation_loss < self.best_validation_loss:
             # f' of stage 3: the stage-2 epoch with the lowest label-free validation loss.
             self.best_validation_loss = validation_loss
-            self.best_network_state = {
-                k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()
-            }
+            self.best_network_state = self._network_state()
         # The last epoch is the model: every epoch replaces the "best" checkpoint that export ships.
         self.best_epoch, self.best_metrics = epoch, {k.removeprefix("val_"): v for k, v in record.items()}
         self._save_sld_state()
@@ -438,39 +432,33 @@ class SLDTrainer(Trainer):
         )
         return choice
 
-    def _write_run_record(self, *, finished: bool) -> None:
-        super()._write_run_record(finished=finished)
-        if not hasattr(self, "crop_choice"):
-            return
-        path = self.run_dir / RUN_RECORD
-        record = json.loads(path.read_text())
+    def run_record_extras(self) -> dict[str, Any]:
+        """``sld``: the guidance (which masks, the Crop-and-Overlap choice) and the stages, for the card."""
+        if not hasattr(self, "crop_choice"):  # the record written during setup, before the guidance is read
+            return {}
         choice = self.crop_choice
-        folder = self._references_folder()
-        record["sld"] = {
-            "references": self.sld.references,
-            "references_folder": str(folder),
-            "reference_masks": len(self.reference_masks),
-            "reference_files": sorted(
-                f.name
-                for f in folder.iterdir()
-                if f.suffix.lower() in MASK_SUFFIXES and not f.name.startswith(".")
-            ),
-            "provenance": "Resources/GuidanceMasks/README.md"
-            if self.sld.references == "bundled"
-            else "the user's folder",
-            "crop_overlap": {
-                "crop_scale": list(choice.settings.crop_scale),
-                "max_patches": choice.settings.max_patches,
-                "size": list(choice.settings.size),
-                **{k: v for k, v in dataclasses.asdict(choice).items() if k != "settings"},
-            },
-            "stage_epochs": list(self.sld.stage_epochs),
-            "iterations_per_epoch": self.steps_per_epoch,
-            "best_stage2_validation_loss": None
-            if not math.isfinite(self.best_validation_loss)
-            else self.best_validation_loss,
+        return {
+            "sld": {
+                "references": self.sld.references,
+                "references_folder": str(self.reference_files[0].parent),
+                "reference_masks": len(self.reference_masks),
+                "reference_files": [f.name for f in self.reference_files],
+                "provenance": "Resources/GuidanceMasks/README.md"
+                if self.sld.references == "bundled"
+                else "the user's folder",
+                "crop_overlap": {
+                    "crop_scale": list(choice.settings.crop_scale),
+                    "max_patches": choice.settings.max_patches,
+                    "size": list(choice.settings.size),
+                    **{k: v for k, v in dataclasses.asdict(choice).items() if k != "settings"},
+                },
+                "stage_epochs": list(self.sld.stage_epochs),
+                "iterations_per_epoch": self.steps_per_epoch,
+                "best_stage2_validation_loss": None
+                if not math.isfinite(self.best_validation_loss)
+                else self.best_validation_loss,
+            }
         }
-        path.write_text(json.dumps(record, indent=1) + "\n")
 
     # ------------------------------------------------------------------------------------ checkpoints
 
