@@ -203,6 +203,23 @@ def method_dir(spec: MethodSpec, args) -> Path:
     return args.run_dir / (spec.name if args.epochs is None else f"{spec.name}-epochs{args.epochs}")
 
 
+def train_or_resume(config, train_dir: Path, *, train_threads: int | None, description: str) -> bool:
+    """Train ``config`` into ``train_dir`` unless its run record says it finished; resume an interrupted one.
+
+    ``train_threads`` overrides ``training.num_threads`` (machine-dependent, not part of the recipe). Returns
+    whether anything was trained; ``description`` starts the log line.
+    """
+    if train_threads is not None:
+        config = replace(config, training=replace(config.training, num_threads=train_threads))
+    record_path = train_dir / RUN_RECORD
+    if record_path.is_file() and json.loads(record_path.read_text()).get("finished"):
+        return False
+    resume = (train_dir / LAST_STATE).is_file()
+    logger.info("%s%s", description, " (resuming)" if resume else "")
+    run_training(config, resume=resume, command=[sys.executable, *sys.argv])
+    return True
+
+
 def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegistry:
     """Train (or resume, or reuse) the fold's model and return a registry holding only it."""
     models_dir = fold_dir / "models"
@@ -216,21 +233,11 @@ def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegis
     )
     if args.epochs is not None:
         config = config.with_overrides(epochs=args.epochs)
-    if args.train_threads is not None:  # machine-dependent, not part of the recipe
-        config = replace(config, training=replace(config.training, num_threads=args.train_threads))
-    record_path = train_dir / RUN_RECORD
-    finished = record_path.is_file() and json.loads(record_path.read_text()).get("finished")
-    if not finished:
-        resume = (train_dir / LAST_STATE).is_file()
-        logger.info(
-            "%s fold %d: training on %s (validation %s)%s",
-            spec.name,
-            fold.index,
-            ", ".join(fold.training),
-            ", ".join(fold.validation),
-            " (resuming)" if resume else "",
-        )
-        run_training(config, resume=resume, command=[sys.executable, *sys.argv])
+    description = (
+        f"{spec.name} fold {fold.index}: training on {', '.join(fold.training)} "
+        f"(validation {', '.join(fold.validation)})"
+    )
+    train_or_resume(config, train_dir, train_threads=args.train_threads, description=description)
     entry = export_run(train_dir, name=spec.name, out_dir=models_dir, modalities=["2PM"])
     entry["default_for"] = ["2PM"]
     registry_path.write_text(json.dumps({"schema_version": 1, "models": [entry]}, indent=2) + "\n")

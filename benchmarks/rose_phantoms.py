@@ -89,7 +89,7 @@ import shutil
 import sys
 import time
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ import numpy as np
 from trainer.config import PHANTOM_LABELS, PhantomSource, SuperResolutionSpec, TrainConfig, parse_config
 from trainer.datasets import load_cases
 from trainer.export import export_run
-from trainer.loop import LAST_STATE, RUN_RECORD, run_training
+from trainer.loop import RUN_RECORD
 from trainer.super_resolution import make_paired_case
 from VesselSegLib.inference.pipeline import SegmentationResult, segment_image
 from VesselSegLib.io import Volume, write_volume
@@ -112,7 +112,7 @@ from VesselSegLib.preprocessing.low_resolution import block_mean, simulate_low_r
 from VesselSegLib.request import SegmentationRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
-from crossval import MethodSpec, write_rows  # noqa: E402
+from crossval import MethodSpec, train_or_resume, write_rows  # noqa: E402
 from seed_tables import seed_comparison_cells, seed_table_header  # noqa: E402
 
 logger = logging.getLogger("rose_phantoms")
@@ -416,14 +416,8 @@ def train_seed(method: TrainedMethod, seed: int, args) -> Path:
     train_dir = seed_dir / "train"
     config = parse_config(document, base_dir=method.base_dir, source_path=None)
     config = config.with_overrides(run_dir=train_dir, epochs=args.epochs)
-    if args.train_threads is not None:  # machine-dependent, not part of the recipe
-        config = replace(config, training=replace(config.training, num_threads=args.train_threads))
-    record_path = train_dir / RUN_RECORD
-    finished = record_path.is_file() and json.loads(record_path.read_text()).get("finished")
-    if not finished:
-        resume = (train_dir / LAST_STATE).is_file()
-        logger.info("%s seed %d: training%s", method.name, seed, " (resuming)" if resume else "")
-        run_training(config, resume=resume, command=[sys.executable, *sys.argv])
+    description = f"{method.name} seed {seed}: training"
+    if train_or_resume(config, train_dir, train_threads=args.train_threads, description=description):
         torch.set_num_threads(args.threads)  # the trainer set its own
     entry = export_run(train_dir, name=method.name, out_dir=models_dir, modalities=[args.modality])
     registry_path.write_text(json.dumps({"schema_version": 1, "models": [entry]}, indent=2) + "\n")
