@@ -113,7 +113,7 @@ from VesselSegLib.request import SegmentationRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
 from crossval import MethodSpec, train_or_resume, write_rows  # noqa: E402
-from seed_tables import seed_comparison_cells, seed_table_header  # noqa: E402
+from seed_tables import aggregate_over_seeds, seed_comparison_cells, seed_table_header  # noqa: E402
 
 logger = logging.getLogger("rose_phantoms")
 
@@ -662,38 +662,15 @@ def test_spacing(config: TrainConfig, modality: str) -> tuple[float, float, floa
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _finite_mean(values) -> float:
-    values = np.asarray([v for v in values if v is not None], dtype=float)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else math.nan
-
-
 def aggregate(rows: list[dict]) -> dict[str, dict]:
-    """Per method (in row order): per-seed means over the phantoms, then mean and sd over the seeds."""
-    methods: dict[str, dict] = {}
-    for row in rows:
-        methods.setdefault(row["method"], {"kind": row["kind"], "rows": []})["rows"].append(row)
-    for summary in methods.values():
-        seeds = sorted({r["seed"] for r in summary["rows"]}, key=lambda s: (s is None, s))
-        per_seed = {}
-        for seed in seeds:
-            chosen = [r for r in summary["rows"] if r["seed"] == seed]
-            per_seed[seed] = {k: _finite_mean(r[k] for r in chosen) for k in (*SCORE_KEYS, "train_s")}
-            per_seed[seed]["phantoms"] = len(chosen)
-            per_seed[seed]["best_epoch"] = chosen[0].get("best_epoch")
-        summary["per_seed"] = per_seed
-        trained = summary["kind"] not in ("frangi", "interpolation")
-        summary["mean"], summary["sd"] = {}, {}
-        for key in (*SCORE_KEYS, "train_s"):
-            values = np.asarray([per_seed[s][key] for s in seeds], dtype=float)
-            values = values[np.isfinite(values)]
-            summary["mean"][key] = float(values.mean()) if len(values) else math.nan
-            if not trained:
-                summary["sd"][key] = 0.0  # deterministic: no seed to vary
-            else:
-                summary["sd"][key] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        summary["seeds"] = len(seeds) if trained else 0
-    return methods
+    """Per method: per-seed means over the phantoms (finite values only), then mean and sd over the seeds."""
+    return aggregate_over_seeds(
+        rows,
+        SCORE_KEYS,
+        untrained_kinds=("frangi", "interpolation"),
+        keep_infinite=False,
+        per_seed_fields=("best_epoch",),
+    )
 
 
 def _fmt(value: float, key: str) -> str:

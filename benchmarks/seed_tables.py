@@ -3,13 +3,15 @@ print: per method, the mean +- sd of its per-seed means, the differences of some
 and which of those exceed the seed spread (|delta| > sd(method) + sd(first)). A method summary is the dict
 the scripts' ``aggregate`` builds (``mean`` and ``sd`` per score key, ``seeds``: how many trained seeds, 0
 for a deterministic row); what differs between the scripts (number formats, when "+- sd" is shown, extra
-columns) is a parameter.
+columns) is a parameter. :func:`aggregate_over_seeds` builds those summaries from the per-phantom rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+
+import numpy as np
 
 
 def seed_table_header(
@@ -73,3 +75,54 @@ def seed_comparison_cells(
             beyond.append(headers[key])
     verdict = ", ".join(beyond) if beyond else "n/a (one seed)" if unjudged else "none"
     return cells, deltas, verdict
+
+
+def aggregate_over_seeds(
+    rows: Sequence[Mapping],
+    score_keys: Sequence[str],
+    *,
+    untrained_kinds: Collection[str],
+    keep_infinite: bool,
+    per_seed_fields: Sequence[str] = (),
+) -> dict[str, dict]:
+    """Per method (in row order): per-seed means over the phantoms, then mean and sd over the seeds.
+
+    ``rows`` carry ``method``, ``kind``, ``seed``, ``train_s`` and the ``score_keys``. Missing values (None,
+    NaN) are left out of every mean; ``keep_infinite`` keeps infinite ones (an empty prediction's HD95 stays
+    visible as inf) instead of leaving them out too. The sd over seeds is NaN unless there are two finite
+    per-seed values; rows of an ``untrained_kinds`` kind are deterministic: sd 0 and ``seeds`` 0.
+    ``per_seed_fields`` are copied per seed from its first row (e.g. ``best_epoch``).
+    """
+
+    def mean(values: Iterable, keep_infinite: bool = keep_infinite) -> float:
+        values = np.asarray([v for v in values if v is not None], dtype=float)
+        values = values[~np.isnan(values)] if keep_infinite else values[np.isfinite(values)]
+        return float(values.mean()) if len(values) else math.nan
+
+    methods: dict[str, dict] = {}
+    for row in rows:
+        methods.setdefault(row["method"], {"kind": row["kind"], "rows": []})["rows"].append(row)
+    for summary in methods.values():
+        seeds = sorted({r["seed"] for r in summary["rows"]}, key=lambda s: (s is None, s))
+        per_seed = {}
+        for seed in seeds:
+            chosen = [r for r in summary["rows"] if r["seed"] == seed]
+            per_seed[seed] = {k: mean(r[k] for r in chosen) for k in score_keys}
+            per_seed[seed]["train_s"] = mean((r["train_s"] for r in chosen), keep_infinite=False)
+            per_seed[seed]["phantoms"] = len(chosen)
+            per_seed[seed].update({field: chosen[0].get(field) for field in per_seed_fields})
+        summary["per_seed"] = per_seed
+        trained = summary["kind"] not in untrained_kinds
+        summary["mean"], summary["sd"] = {}, {}
+        for key in (*score_keys, "train_s"):
+            values = np.asarray([per_seed[s][key] for s in seeds], dtype=float)
+            values = values[~np.isnan(values)] if keep_infinite else values[np.isfinite(values)]
+            summary["mean"][key] = float(values.mean()) if len(values) else math.nan
+            if not trained:
+                summary["sd"][key] = 0.0  # deterministic: no seed to vary
+            elif len(values) > 1 and np.isfinite(values).all():
+                summary["sd"][key] = float(values.std(ddof=1))
+            else:
+                summary["sd"][key] = math.nan
+        summary["seeds"] = len(seeds) if trained else 0
+    return methods

@@ -104,12 +104,11 @@ from crossval import MethodSpec, parse_override, write_rows  # noqa: E402
 from rose_phantoms import (  # noqa: E402
     TrainedMethod,
     _check_recipe,
-    _finite_mean,
     method_dir,
     test_spacing,
     train_seed,
 )
-from seed_tables import seed_comparison_cells, seed_table_header  # noqa: E402
+from seed_tables import aggregate_over_seeds, seed_comparison_cells, seed_table_header  # noqa: E402
 
 logger = logging.getLogger("sld_phantoms")
 
@@ -445,40 +444,10 @@ def machine_line(args) -> str:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _mean(values) -> float:
-    """Mean without NaN (a missing value); inf (an empty prediction's HD95) stays."""
-    values = np.asarray([v for v in values if v is not None], dtype=float)
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if len(values) else math.nan
-
-
 def aggregate(rows: list[dict]) -> dict[str, dict]:
-    """Per method (in row order): per-seed means over the phantoms, then mean and sd over the seeds."""
-    methods: dict[str, dict] = {}
-    for row in rows:
-        methods.setdefault(row["method"], {"kind": row["kind"], "rows": []})["rows"].append(row)
-    for summary in methods.values():
-        seeds = sorted({r["seed"] for r in summary["rows"]}, key=lambda s: (s is None, s))
-        per_seed = {}
-        for seed in seeds:
-            chosen = [r for r in summary["rows"] if r["seed"] == seed]
-            per_seed[seed] = {k: _mean(r[k] for r in chosen) for k in SCORE_KEYS}
-            per_seed[seed].update(phantoms=len(chosen), train_s=_finite_mean(r["train_s"] for r in chosen))
-        summary["per_seed"] = per_seed
-        trained = summary["kind"] != "untrained"
-        summary["mean"], summary["sd"] = {}, {}
-        for key in (*SCORE_KEYS, "train_s"):
-            values = np.asarray([per_seed[s][key] for s in seeds], dtype=float)
-            values = values[~np.isnan(values)]
-            summary["mean"][key] = float(values.mean()) if len(values) else math.nan
-            if not trained:
-                summary["sd"][key] = 0.0  # deterministic: no seed to vary
-            elif len(values) > 1 and np.isfinite(values).all():
-                summary["sd"][key] = float(values.std(ddof=1))
-            else:
-                summary["sd"][key] = math.nan
-        summary["seeds"] = len(seeds) if trained else 0
-    return methods
+    """Per method: per-seed means over the phantoms, then mean and sd over the seeds; inf (an empty
+    prediction's HD95) stays in the means."""
+    return aggregate_over_seeds(rows, SCORE_KEYS, untrained_kinds=("untrained",), keep_infinite=True)
 
 
 def _fmt(value: float, key: str) -> str:
