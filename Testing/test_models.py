@@ -135,6 +135,33 @@ def test_registry_lists_known_methods_on_unknown_name(tmp_path):
         registry.default_for("CT")
 
 
+def test_a_method_family_name_picks_the_member_made_for_the_modality(tmp_path):
+    def vesselness(name, modalities):
+        return {"name": name, "kind": "vesselness", "modalities": modalities, "vessel_classes": ["vein"]}
+
+    entries = [
+        vesselness("rose-tof", ["TOF-MRA"]),
+        vesselness("rose-swi", ["SWI"]),
+        vesselness("rose", ["2PM"]),  # an exact name always wins over the family
+        vesselness("flow-a", ["SWI"]),
+        vesselness("flow-b", ["SWI"]),
+    ]
+    registry = ModelRegistry.from_file(_registry_file(tmp_path, entries))
+    assert registry.get_for_modality("rose-swi", "SWI").name == "rose-swi"
+    assert registry.get_for_modality("rose", "2PM").name == "rose"
+    assert registry.get_for_modality("flow-a", "SWI").name == "flow-a"
+    with pytest.raises(ValueError, match="several SWI models \\(flow-a, flow-b\\)"):
+        registry.get_for_modality("flow", "SWI")
+    with pytest.raises(ValueError, match="no model for 2PM images"):
+        registry.get_for_modality("flow", "2PM")
+    with pytest.raises(ValueError, match="Unknown method 'vcnet'"):
+        registry.get_for_modality("vcnet", "SWI")
+    # Without the exact entry, the family resolves by modality.
+    family_only = ModelRegistry.from_file(_registry_file(tmp_path, entries[:2]))
+    assert family_only.get_for_modality("rose", "SWI").name == "rose-swi"
+    assert family_only.get_for_modality("rose", "TOF-MRA").name == "rose-tof"
+
+
 def test_registry_rejects_malformed_entries(tmp_path):
     with pytest.raises(ValueError, match="lacks the field"):
         ModelRegistry.from_file(_registry_file(tmp_path, [{"name": "x", "kind": "network"}]))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +82,18 @@ def test_benchmark_scores_every_method_per_seed_and_a_rerun_trains_nothing(tmp_p
     weights = [run / name / "seed-1" / "train" / "best.safetensors" for name in ("rose", "b-preint")]
     mtimes = [path.stat().st_mtime_ns for path in weights]
     before = (run / "scores.csv").read_text()
-    assert benchmark.main(arguments) == 0
+    card = tmp_path / "rose.card.json"
+    card.write_text('{"name": "rose"}')
+    assert benchmark.main([*arguments, "--update-card", str(card)]) == 0
     assert [path.stat().st_mtime_ns for path in weights] == mtimes  # nothing trained again
     assert (run / "scores.csv").read_text() == before
+    # The card gets the first method's held-out scores, first, with the run's other rows beside them.
+    held_out = json.loads(card.read_text())["held_out_phantoms"]
+    assert held_out["method"] == "rose" and list(held_out["scores"])[0] == "rose"
+    assert held_out["scores"]["rose"]["seeds"] == 2 and "frangi-preint" in held_out["scores"]
+    per_seed = [
+        np.mean([float(r["dice"]) for r in rows if r["method"] == "rose" and r["seed"] == seed])
+        for seed in ("0", "1")
+    ]
+    assert held_out["scores"]["rose"]["mean"]["dice"] == pytest.approx(np.mean(per_seed), abs=1e-4)
+    assert held_out["test_set"]["test_seeds"] == list(benchmark.TEST_SEEDS)

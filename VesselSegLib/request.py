@@ -324,7 +324,11 @@ class SegmentationRequest:
 
         registry = registry or ModelRegistry.default()
         preset = get_preset(self.modality)
-        entry = registry.default_for(self.modality) if self.method is None else registry.get(self.method)
+        entry = (
+            registry.default_for(self.modality)
+            if self.method is None
+            else registry.get_for_modality(self.method, self.modality)
+        )
         if self.modality not in entry.modalities:
             raise ValueError(
                 f"Method {entry.name!r} is not made for {self.modality} images (it handles "

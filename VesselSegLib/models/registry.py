@@ -251,6 +251,31 @@ class ModelRegistry:
             known = ", ".join(self._entries) or "(none)"
             raise ValueError(f"Unknown method {name!r}; known methods are: {known}.") from None
 
+    def get_for_modality(self, name: str, modality: str) -> ModelEntry:
+        """The entry called ``name``, or the one member of the family ``name`` that handles ``modality``.
+
+        A family is the entries named ``NAME-SUFFIX`` (``rose`` -> ``rose-tof``, ``rose-swi``), so the issue's
+        ``--method rose --modality SWI`` picks ``rose-swi``; an exact name always wins. ValueError when no
+        entry or more than one family member fits (the message lists them), never a guess.
+        """
+        if name in self._entries:
+            return self._entries[name]
+        family = [entry for entry in self._entries.values() if entry.name.startswith(f"{name}-")]
+        fitting = [entry for entry in family if modality in entry.modalities]
+        if len(fitting) == 1:
+            return fitting[0]
+        if len(fitting) > 1:
+            raise ValueError(
+                f"Method {name!r} has several {modality} models ({', '.join(e.name for e in fitting)}); "
+                "give one of those names."
+            )
+        if family:
+            raise ValueError(
+                f"Method {name!r} has no model for {modality} images (it has "
+                f"{', '.join(e.name for e in family)}); pick another method or modality preset."
+            )
+        return self.get(name)
+
     def default_for(self, modality: str) -> ModelEntry:
         """The recommended method for a modality preset (the first entry that names it as default)."""
         for entry in self._entries.values():
