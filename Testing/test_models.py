@@ -200,3 +200,16 @@ def test_every_library_package_is_listed_in_pyproject(repo_root):
         for init in (repo_root / folder).rglob("__init__.py")
     }
     assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [tool.setuptools] packages"
+
+
+def test_shipped_rose_family_resolves_per_modality():
+    from VesselSegLib.methods.super_resolution import architecture_output_scale
+    from VesselSegLib.request import SegmentationRequest
+
+    registry = ModelRegistry.default()
+    for modality, name, vessel_class in (("TOF-MRA", "rose-tof", "artery"), ("SWI", "rose-swi", "vein")):
+        plan = SegmentationRequest(method="rose", modality=modality).resolve(registry)
+        assert plan.entry.name == name and plan.vessel_classes == (vessel_class,)
+        assert architecture_output_scale(plan.entry) == (2, 2, 2)  # the finer grid of the issue
+    with pytest.raises(ValueError, match="no model for 2PM images"):
+        SegmentationRequest(method="rose", modality="2PM").resolve(registry)
