@@ -79,6 +79,23 @@ def test_bad_sld_tables_are_refused_with_the_fix(tmp_path):
     document["training"]["sld"]["unknown"] = 1
     with pytest.raises(ValueError, match="unknown"):
         parse_config(document)
+    document = _document(tmp_path)
+    document["training"]["sld"]["loss_weights"] = {"entrophy": 1.0}
+    with pytest.raises(ValueError, match="unknown weight.*entrophy; known: patch, mixup"):
+        parse_config(document)
+    document["training"]["sld"]["loss_weights"] = {"entropy": -1.0}
+    with pytest.raises(ValueError, match="loss_weights.entropy must be in"):
+        parse_config(document)
+
+
+def test_loss_weight_overrides_change_only_the_named_weights(tmp_path):
+    document = _document(tmp_path)
+    document["training"]["sld"]["loss_weights"] = {"entropy": 1.0, "adversarial": 0.0}
+    weights = parse_config(document).training.sld.weights()  # what SLDTrainer.setup uses
+    assert weights.entropy == 1.0 and weights.adversarial == 0.0
+    assert weights.region == 10.0 and weights.patch == 1.0  # eq. (16) where not overridden
+    paper = parse_config(_document(tmp_path)).training.sld.weights()
+    assert paper.entropy == 0.1 and paper.adversarial == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -214,6 +214,9 @@ class SLDSpec:
         Flipped copies averaged into a pseudo label (N_e = 8, eq. 13).
     confidence : float in (0.5, 1)
         v_c of the reliable-voxel mask (eq. 13): voxels with 1 - v_c < y' < v_c are ignored.
+    loss_weights : table of name = float >= 0
+        Overrides of the paper's weights (``trainer.sld.losses.SLDLossWeights``: patch, mixup, region,
+        adversarial, entropy, refinement, ...), e.g. ``{ entropy = 1.0 }``; empty: the paper's (eq. 16).
     """
 
     stage_epochs: tuple[int, int, int] = (10, 30, 10)
@@ -226,6 +229,29 @@ class SLDSpec:
     discriminator_learning_rate: float = 5e-5
     pseudo_label_views: int = 8
     confidence: float = 0.9
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    def weights(self):
+        """The paper's ``SLDLossWeights`` with this run's overrides."""
+        from trainer.sld.losses import SLDLossWeights
+
+        return replace(SLDLossWeights(), **self.loss_weights)
+
+
+def _sld_loss_weights(value: Any, where: str) -> dict[str, float]:
+    from dataclasses import fields
+
+    from trainer.sld.losses import SLDLossWeights
+
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{where} must be a table of name = weight, e.g. {{ entropy = 1.0 }}, got {value!r}."
+        )
+    known = [f.name for f in fields(SLDLossWeights)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown weight(s) {', '.join(unknown)}; known: {', '.join(known)}.")
+    return {name: _number(weight, f"{where}.{name}", 0, math.inf) for name, weight in value.items()}
 
 
 def _sld(value: Any) -> SLDSpec | None:
@@ -287,6 +313,7 @@ def _sld(value: Any) -> SLDSpec | None:
         confidence=_number(
             value.get("confidence", defaults.confidence), f"{where}.confidence", 0.5, 1, open_low=True
         ),
+        loss_weights=_sld_loss_weights(value.get("loss_weights", {}), f"{where}.loss_weights"),
     )
 
 

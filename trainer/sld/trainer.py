@@ -74,7 +74,6 @@ SLD_OPTIMIZER = "last_sld_discriminator_optimizer.safetensors"
 VALIDATION_CROPS = 4
 #: Random crops of the training images that the density of the references is matched to (notes 6.3).
 DENSITY_PROBE_CROPS = 32
-LOSS_WEIGHTS = losses.SLDLossWeights()
 
 
 def photometric_view(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -110,6 +109,7 @@ class SLDTrainer(Trainer):
 
     def setup(self) -> None:
         self.sld = self.config.training.sld
+        self.loss_weights = self.sld.weights()
         # Constant learning rate and no early stop: nothing here is selected with a label.
         self.config = dataclasses.replace(
             self.config,
@@ -237,7 +237,7 @@ class SLDTrainer(Trainer):
         terms = {
             "patch": losses.instance_discrimination_loss(grid, losses.patch_vectors(second)),
         }
-        loss = LOSS_WEIGHTS.patch * terms["patch"]
+        loss = self.loss_weights.patch * terms["patch"]
         if batch.mixups:
             cells = grid.shape[0] // crops
             by_crop = grid.reshape(crops, cells, -1)
@@ -246,7 +246,7 @@ class SLDTrainer(Trainer):
             lam = torch.tensor(batch.lams, device=device).repeat_interleave(cells)[:, None]
             mixed = losses.patch_vectors(embedding[2 * crops :])
             terms["mixup"] = losses.hypersphere_mixup_loss(mixed, a, b, lam)
-            loss = loss + LOSS_WEIGHTS.mixup * terms["mixup"]
+            loss = loss + self.loss_weights.mixup * terms["mixup"]
         if stage >= 2:
             plain = slice(0, 2 * crops)  # both views of every crop; the mixed crops only enter the mixup loss
             channel = network.vessel_channel
@@ -257,9 +257,9 @@ class SLDTrainer(Trainer):
             terms["entropy"] = losses.entropy_loss(clusters[plain])
             loss = (
                 loss
-                + LOSS_WEIGHTS.region * terms["region"]
-                + LOSS_WEIGHTS.adversarial * terms["adversarial"]
-                + LOSS_WEIGHTS.entropy * terms["entropy"]
+                + self.loss_weights.region * terms["region"]
+                + self.loss_weights.adversarial * terms["adversarial"]
+                + self.loss_weights.entropy * terms["entropy"]
             )
             if self.sld.consistency:
                 with torch.no_grad():
@@ -275,7 +275,7 @@ class SLDTrainer(Trainer):
                 pseudo,
                 confidence=self.sld.confidence,
             )
-            loss = loss + LOSS_WEIGHTS.refinement * terms["refinement"]
+            loss = loss + self.loss_weights.refinement * terms["refinement"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"3D-SLD loss is not finite ({ {k: float(v) for k, v in terms.items()} })."
@@ -353,8 +353,8 @@ class SLDTrainer(Trainer):
             region = float(losses.region_discrimination_loss(output.embedding.float(), clusters))
             adversarial = float(losses.adversarial_loss(self.discriminator(fake)))
             entropy = float(losses.entropy_loss(clusters))
-            total = LOSS_WEIGHTS.region * region + LOSS_WEIGHTS.adversarial * adversarial
-            total += LOSS_WEIGHTS.entropy * entropy
+            total = self.loss_weights.region * region + self.loss_weights.adversarial * adversarial
+            total += self.loss_weights.entropy * entropy
             for name, value in (("loss", total), ("region", region), ("adversarial", adversarial)):
                 values.setdefault(name, []).append(value)
             decision = decision_map(clusters, channel, network.decision)
