@@ -175,6 +175,22 @@ def test_network_outputs_satisfy_their_definitions():
     assert net.orientation_group == "in-plane"
 
 
+def test_softmax_memberships_are_the_softmax_of_the_clustering_logits():
+    torch.manual_seed(0)
+    net = SLDNet(**TINY, membership="softmax").eval()
+    x = torch.rand(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        features = net.features(x)
+        clusters = net.forward_all(x).clusters
+        logits = net.clustering_head(features)
+    torch.testing.assert_close(clusters, torch.softmax(logits, dim=1))
+    torch.testing.assert_close(clusters.sum(dim=1), torch.ones(1, 16, 32, 32))
+    # The authors' sigmoid-l1 module gives other memberships from the same logits.
+    sigmoid_l1 = torch.sigmoid(logits) / torch.sigmoid(logits).sum(dim=1, keepdim=True)
+    assert not torch.allclose(clusters, sigmoid_l1, atol=1e-3)
+    assert net.arguments["membership"] == "softmax"
+
+
 def test_anisotropic_pooling_and_nearest_upsampling():
     net = SLDNet(widths=(4, 8, 8), pool_kernels=((1, 2, 2), (2, 2, 2)), upsample_mode="nearest")
     assert net.size_divisor_zyx == (2, 4, 4)
@@ -252,6 +268,7 @@ def test_build_network_from_config_arguments():
         ({"pool_kernels": [[2, 2, 2]]}, "pool_kernels"),
         ({"upsample_mode": "bicubic"}, "upsample_mode"),
         ({"out_channels": 2}, "out_channels"),
+        ({"membership": "sparsemax"}, "membership"),
     ],
 )
 def test_bad_arguments_raise(arguments, message):
