@@ -17,6 +17,7 @@ from trainer.sld.losses import (
     SLDLossWeights,
     adversarial_loss,
     axis_mips,
+    brightness_prior_loss,
     cluster_prototypes,
     consistency_loss,
     consistency_weight,
@@ -443,3 +444,20 @@ def test_loss_weights_defaults_and_checks():
 def test_bad_arguments_say_the_rule(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_brightness_prior_is_lower_when_the_vessel_channel_covers_the_bright_voxels():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, 8, 8, 8, generator=generator) * 0.2
+    bright = torch.zeros_like(images, dtype=torch.bool)
+    bright[:, :, 2:4, 2:6, 3] = True
+    images = torch.where(bright, images + 0.8, images)
+    on_bright = bright.float().clamp(0.05, 0.95).requires_grad_(True)
+    on_dark = (~bright).float().clamp(0.05, 0.95)
+    good = brightness_prior_loss(images, on_bright)
+    bad = brightness_prior_loss(images, on_dark)
+    assert float(good) < 1.0 < float(bad)  # exp(c_rest - c_vessel): below 1 exactly when the vessel is brighter
+    good.backward()
+    assert torch.isfinite(on_bright.grad).all() and on_bright.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="one shape"):
+        brightness_prior_loss(images, on_bright[:, :, :4])

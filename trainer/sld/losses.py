@@ -723,6 +723,11 @@ class SLDLossWeights:
         Weight of ``L_e``; 0.1.
     refinement : float, >= 0
         Weight of ``L_RR`` in stage 3; 1 (the paper gives none: [C]).
+    brightness : float, >= 0
+        Weight of :func:`brightness_prior_loss` in stages 2-3; 0 (not in the paper). A label-free prior
+        (vessels are brighter than their surroundings in TOF-MRA and 2PM) that ties the vessel channel to
+        bright voxels: without it the adversarial term is met by any structure whose MIPs look like the
+        references, and on the TOF phantoms the vessel channel chose dark tissue (AP 0.01).
     region_temperature : float, > 0
         ``tau`` of eq. (4); 0.2 [R].
     instance_temperature : float, > 0
@@ -737,6 +742,7 @@ class SLDLossWeights:
     consistency_slope: float = 4.0
     entropy: float = 0.1
     refinement: float = 1.0
+    brightness: float = 0.0
     region_temperature: float = REGION_TEMPERATURE
     instance_temperature: float = INSTANCE_TEMPERATURE
 
@@ -754,3 +760,33 @@ class SLDLossWeights:
     def as_dict(self) -> dict[str, float]:
         """All fields, for a run's configuration log."""
         return dataclasses.asdict(self)
+
+
+def brightness_prior_loss(images: torch.Tensor, vessel: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``L_bright = exp(c_rest - c_vessel)``, averaged over the batch: the vessel channel must be brighter.
+
+    Not part of 3D-SLD: the ranking term of UMIS (eq. 22 there,
+    :func:`VesselSegLib.unsupervised.loss.ranking_loss`) applied to the vessel channel's memberships,
+    ``c_vessel = sum(m I) / sum(m)`` and ``c_rest = sum((1 - m) I) / sum(1 - m)`` per crop. It reads images
+    only (no label), and assumes vessels brighter than background, true of TOF-MRA and 2PM inputs as the
+    pipeline normalises them.
+
+    Parameters
+    ----------
+    images : tensor, shape (B, 1, Z, Y, X)
+        The crops the network saw.
+    vessel : tensor, shape (B, 1, Z, Y, X)
+        The vessel channel's memberships m^t in [0, 1].
+
+    Returns
+    -------
+    tensor, shape ()
+    """
+    from VesselSegLib.unsupervised.loss import ranking_loss
+
+    if images.shape != vessel.shape:
+        raise ValueError(f"images {tuple(images.shape)} and vessel {tuple(vessel.shape)} must have one shape")
+    dims = tuple(range(1, images.ndim))
+    inside = (vessel * images).sum(dims) / (vessel.sum(dims) + eps)
+    outside = ((1.0 - vessel) * images).sum(dims) / ((1.0 - vessel).sum(dims) + eps)
+    return ranking_loss(inside, outside)

@@ -261,6 +261,9 @@ class SLDTrainer(Trainer):
                 + self.loss_weights.adversarial * terms["adversarial"]
                 + self.loss_weights.entropy * terms["entropy"]
             )
+            if self.loss_weights.brightness > 0:
+                terms["brightness"] = losses.brightness_prior_loss(images[plain].float(), vessel)
+                loss = loss + self.loss_weights.brightness * terms["brightness"]
             if self.sld.consistency:
                 with torch.no_grad():
                     teacher = self.teacher.forward_all(images[plain]).clusters.float()
