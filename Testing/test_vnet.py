@@ -1,4 +1,4 @@
-"""The lightweight V-Net of the 2PM paper (section 4.3): size, shapes, batch normalisation, registry build."""
+"""The lightweight V-Net of the 2PM paper (section 4.3): size, shapes, batch or instance normalisation, registry build."""
 
 from __future__ import annotations
 
@@ -53,6 +53,25 @@ def test_registry_data_rebuilds_it_and_bad_arguments_are_refused():
     assert isinstance(build_network("VNet3D", {"base_channels": 4, "levels": 4}), VNet3D)
     with pytest.raises(ValueError, match="convolutions_per_stage"):
         VNet3D(levels=3, convolutions_per_stage=[1, 2])
+    with pytest.raises(ValueError, match="normalisation must be one of batch, instance"):
+        VNet3D(normalisation="group")
+
+
+def test_instance_normalisation_uses_each_patch_statistics_in_training_and_inference_alike():
+    torch.manual_seed(0)
+    image = torch.rand(2, 1, 16, 32, 32)
+    instance = VNet3D(normalisation="instance")
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in instance.modules())
+    assert sum(isinstance(m, nn.InstanceNorm3d) for m in instance.modules()) == 21
+    assert count_parameters(instance) == count_parameters(VNet3D())  # affine scale and shift, as batch norm
+    with torch.no_grad():
+        train_output = instance.train()(image)
+        torch.testing.assert_close(instance.eval()(image), train_output)
+        # Batch normalisation switches to running statistics in inference: its output changes.
+        batch = VNet3D()
+        assert not torch.allclose(batch.train()(image), batch.eval()(image), atol=1e-3)
+        # Each sample is normalised alone: a patch's output does not depend on the others in its batch.
+        torch.testing.assert_close(instance(image[:1]), train_output[:1], rtol=1e-4, atol=1e-5)
 
 
 # Measured 0.683 / 0.679 / 0.656 on seeds 4242-4244 (2-core CPU, 2026-12-01); the floor leaves a

@@ -28,10 +28,21 @@ import torch
 from torch import nn
 
 
-def _conv_bn_prelu(in_channels: int, out_channels: int) -> nn.Sequential:
+#: Normalisation layers a V-Net can use: the paper's batch normalisation, or instance normalisation (each
+#: sample's own statistics, the same in training and inference, as nnU-Net uses for domain shift).
+NORMALISATIONS = ("batch", "instance")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+def _conv_bn_prelu(in_channels: int, out_channels: int, normalisation: str = "batch") -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),  # BN has the bias
-        nn.BatchNorm3d(out_channels),
+        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),  # the norm has the bias
+        _norm(normalisation, out_channels),
         nn.PReLU(out_channels),
     )
 
@@ -39,10 +50,10 @@ def _conv_bn_prelu(in_channels: int, out_channels: int) -> nn.Sequential:
 class _ResidualStage(nn.Module):
     """``depth`` conv-BN-PReLU layers; the input (projected to ``out_channels`` if needed) is added."""
 
-    def __init__(self, in_channels: int, out_channels: int, depth: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, depth: int, normalisation: str = "batch") -> None:
         super().__init__()
-        layers = [_conv_bn_prelu(in_channels, out_channels)]
-        layers += [_conv_bn_prelu(out_channels, out_channels) for _ in range(depth - 1)]
+        layers = [_conv_bn_prelu(in_channels, out_channels, normalisation)]
+        layers += [_conv_bn_prelu(out_channels, out_channels, normalisation) for _ in range(depth - 1)]
         self.layers = nn.Sequential(*layers)
         self.shortcut = (
             nn.Identity()
@@ -68,6 +79,10 @@ class VNet3D(nn.Module):
     convolutions_per_stage : sequence of int, optional
         Convolutions in each encoder stage (and, mirrored, in the decoder); default 1, 2, 3, 3, ... as in
         V-Net.
+    normalisation : {"batch", "instance"}
+        After every convolution: the paper's batch normalisation (default), or instance normalisation,
+        whose statistics come from each patch in training and inference alike (no running averages
+        learnt on the training stacks' intensities).
 
     Shapes
     ------
@@ -82,10 +97,13 @@ class VNet3D(nn.Module):
         base_channels: int = 4,
         levels: int = 4,
         convolutions_per_stage: Sequence[int] | None = None,
+        normalisation: str = "batch",
     ) -> None:
         super().__init__()
         if levels < 2:
             raise ValueError(f"levels must be >= 2, got {levels}.")
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}.")
         depths = list(convolutions_per_stage or [min(level + 1, 3) for level in range(levels)])
         if len(depths) != levels or min(depths) < 1:
             raise ValueError(f"convolutions_per_stage needs {levels} positive counts, got {depths}.")
@@ -95,12 +113,12 @@ class VNet3D(nn.Module):
         self.downsamplers = nn.ModuleList()
         previous = in_channels
         for level, width in enumerate(widths):
-            self.encoders.append(_ResidualStage(previous, width, depths[level]))
+            self.encoders.append(_ResidualStage(previous, width, depths[level], normalisation))
             if level < levels - 1:
                 self.downsamplers.append(
                     nn.Sequential(
                         nn.Conv3d(width, width * 2, kernel_size=2, stride=2, bias=False),
-                        nn.BatchNorm3d(width * 2),
+                        _norm(normalisation, width * 2),
                         nn.PReLU(width * 2),
                     )
                 )
@@ -112,11 +130,11 @@ class VNet3D(nn.Module):
             self.upsamplers.append(
                 nn.Sequential(
                     nn.ConvTranspose3d(widths[level + 1], width, kernel_size=2, stride=2, bias=False),
-                    nn.BatchNorm3d(width),
+                    _norm(normalisation, width),
                     nn.PReLU(width),
                 )
             )
-            self.decoders.append(_ResidualStage(width * 2, width, depths[level]))
+            self.decoders.append(_ResidualStage(width * 2, width, depths[level], normalisation))
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
 
     @property
