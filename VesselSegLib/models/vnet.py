@@ -27,7 +27,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
 #: Normalisation layers a V-Net can use: the paper's batch normalisation, or instance normalisation (each
 #: sample's own statistics, the same in training and inference, as nnU-Net uses for domain shift).
 NORMALISATIONS = ("batch", "instance")
@@ -103,7 +102,9 @@ class VNet3D(nn.Module):
         if levels < 2:
             raise ValueError(f"levels must be >= 2, got {levels}.")
         if normalisation not in NORMALISATIONS:
-            raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}.")
+            raise ValueError(
+                f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}."
+            )
         depths = list(convolutions_per_stage or [min(level + 1, 3) for level in range(levels)])
         if len(depths) != levels or min(depths) < 1:
             raise ValueError(f"convolutions_per_stage needs {levels} positive counts, got {depths}.")
