@@ -143,6 +143,46 @@ def test_file_source_root_from_environment_and_data_root_flag(tmp_path, monkeypa
     assert case.image.dtype == np.float32 and case.image.max() <= 1.5
 
 
+def test_training_spacing_resamples_cases_as_inference_would_and_stacks_without_metadata_get_the_assumed_one(
+    tmp_path,
+):
+    _write_stack_pair(tmp_path, "coarse", shape=(6, 40, 48))  # no side-car metadata: the assumed spacing
+    raw = _tiny_raw()
+    raw["data"]["training_spacing_mm_zyx"] = [0.005, 0.001, 0.001]
+    raw["data"]["training"] = [
+        {
+            "kind": "files",
+            "modality": "2PM",
+            "root": str(tmp_path),
+            "images": "images/*.tif",
+            "labels": "labels",
+            "metadata": "metadata",
+            "binary_class": "micro",
+            "assumed_spacing_xyz": [0.002, 0.002, 0.005],  # 2 um in-plane: twice the training spacing
+        }
+    ]
+    config = parse_config(raw)
+    assert config.data.training_spacing_zyx == (0.005, 0.001, 0.001)
+    source = config.data.training[0]
+    assert source.spacing_for(0) == (0.002, 0.002, 0.005)
+    (native,) = load_cases(source, config.data.vessel_classes)
+    assert native.spacing_zyx == (0.005, 0.002, 0.002) and native.image.shape == (6, 40, 48)
+    (case,) = load_cases(source, config.data.vessel_classes, spacing_zyx=config.data.training_spacing_zyx)
+    # Y and X are 100 % off and are resampled to 1 um (twice the voxels); Z is the training spacing already.
+    assert case.spacing_zyx == (0.005, 0.001, 0.001) and case.image.shape == (6, 80, 96)
+    assert case.target.shape == (3, 6, 80, 96) and set(np.unique(case.target)) == {0, 1}
+    # The vessel keeps its physical place and size: rows 18-21 at 2 um are rows 36-43 at 1 um.
+    rows = np.flatnonzero(case.target[2].any(axis=(0, 2)))
+    assert (rows.min(), rows.max()) == (36, 43)
+    assert case.vessel_voxels.size == int(case.target[2].sum()) == 4 * native.vessel_voxels.size
+    # A case already within the tolerance is left as it is; a bad spacing in the table is refused.
+    (same,) = load_cases(source, config.data.vessel_classes, spacing_zyx=(0.005, 0.0018, 0.0018))
+    assert same.image.shape == (6, 40, 48)
+    raw["data"]["training_spacing_mm_zyx"] = [0.005, 0.001]
+    with pytest.raises(ValueError, match="data.training_spacing_mm_zyx"):
+        parse_config(raw)
+
+
 # ------------------------------------------------------------------------------------------ patch sampling
 
 

@@ -112,8 +112,18 @@ class FileSource:
     binary_class: str | None = None
     metadata: tuple[Path | None, ...] = ()
     spacing_xyz: tuple[float, float, float] | None = None
+    #: Voxel size (mm, X Y Z) of images that have no side-car metadata file (``metadata`` is None for them),
+    #: e.g. the two VesselNN Santos stacks, whose README says to assume 0.994 x 0.994 x 5 um.
+    assumed_spacing_xyz: tuple[float, float, float] | None = None
     weight: float | None = None
     kind: str = "files"
+
+    def spacing_for(self, index: int) -> tuple[float, float, float] | None:
+        """The ``spacing_xyz`` override that image ``index`` is read with (None: the file's own)."""
+        if self.spacing_xyz is not None:
+            return self.spacing_xyz
+        has_metadata = bool(self.metadata) and self.metadata[index] is not None
+        return None if has_metadata else self.assumed_spacing_xyz
 
     @property
     def count(self) -> int:
@@ -133,9 +143,19 @@ Source = PhantomSource | FileSource
 
 @dataclass(frozen=True)
 class DataConfig:
+    """What a model learns from.
+
+    ``training_spacing_zyx`` (mm), when set, is the voxel size every training and validation case is
+    brought to, by the rule inference uses for a model's training spacing
+    (:func:`VesselSegLib.preprocessing.resampling.plan_resampling`, 25 % tolerance per axis), so that a
+    vessel of a given physical size always spans the same number of voxels; ``export`` then writes it into
+    the registry entry and inputs further off are resampled to it. None: cases keep their own voxel sizes.
+    """
+
     vessel_classes: tuple[str, ...]
     training: tuple[Source, ...]
     validation: tuple[Source, ...]
+    training_spacing_zyx: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -542,6 +562,7 @@ def _file_source(
             "binary_class",
             "metadata",
             "spacing_xyz",
+            "assumed_spacing_xyz",
             "weight",
         },
         {"kind", "modality", "images"},
@@ -613,6 +634,7 @@ def _file_source(
     if has_binary:
         binary_class = _class_name(table["binary_class"], f"{where}.binary_class", vessel_classes)
     spacing = table.get("spacing_xyz")
+    assumed = table.get("assumed_spacing_xyz")
     return FileSource(
         modality=_choice(table["modality"], f"{where}.modality", list(MODALITY_PRESETS)),
         images=tuple(images),
@@ -624,6 +646,9 @@ def _file_source(
         spacing_xyz=None
         if spacing is None
         else _triple(spacing, f"{where}.spacing_xyz", integer=False, minimum=0),
+        assumed_spacing_xyz=None
+        if assumed is None
+        else _triple(assumed, f"{where}.assumed_spacing_xyz", integer=False, minimum=0),
         weight=None
         if "weight" not in table
         else _number(table["weight"], f"{where}.weight", 0, 1e9, open_low=True),
@@ -696,7 +721,7 @@ def parse_config(
     _check_keys(
         data_raw,
         "data",
-        {"vessel_classes", "training", "validation"},
+        {"vessel_classes", "training", "validation", "training_spacing_mm_zyx"},
         {"vessel_classes", "training", "validation"},
     )
     classes_raw = data_raw["vessel_classes"]
@@ -717,6 +742,11 @@ def parse_config(
         vessel_classes=vessel_classes,
         training=_sources(data_raw["training"], "data.training", vessel_classes, base_dir, data_root),
         validation=_sources(data_raw["validation"], "data.validation", vessel_classes, base_dir, data_root),
+        training_spacing_zyx=None
+        if "training_spacing_mm_zyx" not in data_raw
+        else _triple(
+            data_raw["training_spacing_mm_zyx"], "data.training_spacing_mm_zyx", integer=False, minimum=0
+        ),
     )
 
     t = raw["training"]

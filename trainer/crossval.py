@@ -122,6 +122,7 @@ def fold_training_document(raw: dict[str, Any], fold: Fold, *, run_dir: str) -> 
             "binary_class",
             "label_map",
             "spacing_xyz",
+            "assumed_spacing_xyz",
         )
         if key in template
     }

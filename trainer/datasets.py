@@ -26,6 +26,7 @@ from trainer.randomisation import DomainRandomisation, RandomisationSpec, apply_
 from VesselSegLib.io import read_volume
 from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.preprocessing import get_preset, normalize_intensity
+from VesselSegLib.preprocessing.resampling import plan_resampling, resample_to_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +165,10 @@ def _image_only_case(case: TrainingCase) -> TrainingCase:
 def _file_image_cases(source: FileSource) -> list[TrainingCase]:
     """The images of a file source, normalised, without reading any label (label-free training)."""
     cases = []
-    for image_path, metadata in zip(source.images, source.metadata or (None,) * source.count, strict=True):
-        volume = read_volume(image_path, spacing_xyz=source.spacing_xyz, metadata_path=metadata)
+    for index, (image_path, metadata) in enumerate(
+        zip(source.images, source.metadata or (None,) * source.count, strict=True)
+    ):
+        volume = read_volume(image_path, spacing_xyz=source.spacing_for(index), metadata_path=metadata)
         image = normalize_intensity(volume.array, source.modality)
         empty = np.zeros((0, *image.shape), dtype=np.uint8)
         # The whole volume as the region: the sampling box of a label-free case.
@@ -181,10 +184,10 @@ def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[Tra
             'labels = "FOLDER" in the source, or train without labels (training.loss = "umis").'
         )
     cases = []
-    for image_path, label_path, metadata in zip(
-        source.images, source.labels, source.metadata or (None,) * source.count, strict=True
+    for index, (image_path, label_path, metadata) in enumerate(
+        zip(source.images, source.labels, source.metadata or (None,) * source.count, strict=True)
     ):
-        volume = read_volume(image_path, spacing_xyz=source.spacing_xyz, metadata_path=metadata)
+        volume = read_volume(image_path, spacing_xyz=source.spacing_for(index), metadata_path=metadata)
         # The label's geometry is the image's; passing it also keeps TIFF labels without metadata quiet.
         labels = np.asarray(
             read_volume(label_path, spacing_xyz=volume.spacing_xyz, metadata_path=metadata).array
@@ -221,8 +224,56 @@ def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[Tra
     return cases
 
 
+def case_at_spacing(case: TrainingCase, spacing_zyx: Sequence[float]) -> TrainingCase:
+    """``case`` brought to the voxel size ``spacing_zyx`` (mm) as inference brings an input to a model's.
+
+    Axes within the inference tolerance of ``spacing_zyx`` keep their voxel size, the others are resampled
+    (:func:`~VesselSegLib.preprocessing.resampling.plan_resampling` decides, with its default policy): the
+    normalised image linearly, each target channel by nearest neighbour (labels are only copied, never
+    invented). The sampling box is scaled with the grid.
+
+    Returns
+    -------
+    TrainingCase
+        ``case`` itself when no axis is off by more than the tolerance.
+    """
+    plan = plan_resampling(case.spacing_zyx, spacing_zyx)
+    if not plan.resample:
+        return case
+    target_spacing = plan.target_spacing_zyx
+    image = resample_to_spacing(case.image, case.spacing_zyx, target_spacing)
+    target = (
+        np.stack(
+            [
+                resample_to_spacing(channel, case.spacing_zyx, target_spacing, interpolation="nearest")
+                for channel in case.target
+            ]
+        )
+        if len(case.target)
+        else np.zeros((0, *image.shape), dtype=np.uint8)
+    )
+    scale = [new / old for new, old in zip(image.shape, case.image.shape, strict=True)]
+    box = tuple(
+        (int(np.floor(start * f)), min(n, int(np.ceil(stop * f))))
+        for (start, stop), f, n in zip(case.box, scale, image.shape, strict=True)
+    )
+    vessel = target.any(axis=0) if len(target) else np.zeros(image.shape, dtype=bool)
+    return dataclasses.replace(
+        case,
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        target=np.ascontiguousarray(target, dtype=np.uint8),
+        spacing_zyx=tuple(float(v) for v in target_spacing),
+        box=box,  # type: ignore[arg-type]
+        vessel_voxels=np.flatnonzero(vessel),
+    )
+
+
 def load_cases(
-    source: Source, vessel_classes: Sequence[str], *, images_only: bool = False
+    source: Source,
+    vessel_classes: Sequence[str],
+    *,
+    images_only: bool = False,
+    spacing_zyx: Sequence[float] | None = None,
 ) -> list[TrainingCase]:
     """The cases of one data source, made or read once per process and then kept in memory.
 
@@ -234,6 +285,8 @@ def load_cases(
     images_only : bool
         Label-free training (UMIS): no label file is read, each case's ``target`` has 0 channels and
         ``vessel_voxels`` is empty, so nothing downstream can see a label.
+    spacing_zyx : 3 floats, optional
+        The model's training voxel size (mm): each case is brought to it by :func:`case_at_spacing`.
 
     Returns
     -------
@@ -241,6 +294,17 @@ def load_cases(
         Do not modify the arrays: they are shared between callers.
     """
     classes = () if images_only else tuple(vessel_classes)
+    if spacing_zyx is not None:
+        key = (repr(source), classes, images_only, tuple(float(v) for v in spacing_zyx))
+        if key not in _CASE_CACHE:
+            native = load_cases(source, vessel_classes, images_only=images_only)
+            _CASE_CACHE[key] = [case_at_spacing(case, spacing_zyx) for case in native]
+            changed = [c.name for c, n in zip(_CASE_CACHE[key], native, strict=True) if c is not n]
+            if changed:
+                logger.info(
+                    "Resampled to the training spacing %s mm: %s", list(spacing_zyx), ", ".join(changed)
+                )
+        return _CASE_CACHE[key]
     key = (repr(source), classes, images_only)
     if key not in _CASE_CACHE:
         if isinstance(source, PhantomSource):
@@ -255,17 +319,21 @@ def load_cases(
 
 
 def load_source_list(
-    sources: Sequence[Source], vessel_classes: Sequence[str], *, images_only: bool = False
+    sources: Sequence[Source],
+    vessel_classes: Sequence[str],
+    *,
+    images_only: bool = False,
+    spacing_zyx: Sequence[float] | None = None,
 ) -> tuple[list[TrainingCase], np.ndarray]:
     """All cases of ``sources`` and each case's sampling probability.
 
     A source's ``weight`` is its share of the patches (split evenly over its cases); without weights every
-    case is equally likely. ``images_only``: see :func:`load_cases`.
+    case is equally likely. ``images_only`` and ``spacing_zyx``: see :func:`load_cases`.
     """
     cases: list[TrainingCase] = []
     weights: list[float] = []
     for source in sources:
-        source_cases = load_cases(source, vessel_classes, images_only=images_only)
+        source_cases = load_cases(source, vessel_classes, images_only=images_only, spacing_zyx=spacing_zyx)
         share = source.weight if source.weight is not None else float(len(source_cases))
         cases += source_cases
         weights += [share / len(source_cases)] * len(source_cases)
@@ -427,6 +495,7 @@ __all__ = [
     "PatchSpec",
     "TrainingCase",
     "clear_case_cache",
+    "case_at_spacing",
     "load_cases",
     "load_source_list",
 ]

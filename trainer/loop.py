@@ -209,7 +209,9 @@ class Trainer:
 
     def load_cases(self, sources) -> tuple[list[TrainingCase], np.ndarray]:
         """The cases of ``sources`` (images and targets) and their sampling probabilities."""
-        return load_source_list(sources, self.vessel_classes)
+        return load_source_list(
+            sources, self.vessel_classes, spacing_zyx=self.config.data.training_spacing_zyx
+        )
 
     def build_model(self) -> nn.Module:
         """The network, initialised from ``training.init_weights`` when given (fine-tuning)."""
@@ -652,7 +654,9 @@ class Trainer:
             training_data=[s.describe() for s in self.config.data.training],
             validation_data=[s.describe() for s in self.config.data.validation],
             modalities=sorted({s.modality for s in self.config.data.training}),
-            training_spacing_zyx=_typical_spacing(self.sampler.cases),
+            training_spacing_zyx=list(
+                self.config.data.training_spacing_zyx or _typical_spacing(self.sampler.cases)
+            ),
             world_size=self.context.world_size,
             patches_per_rank_this_session=[int(v) for v in self.patches_per_rank],
             machine=machine_description(self.context.device),
