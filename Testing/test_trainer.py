@@ -183,6 +183,31 @@ def test_training_spacing_resamples_cases_as_inference_would_and_stacks_without_
         parse_config(raw)
 
 
+def test_cosine_schedule_falls_from_the_learning_rate_to_one_percent_at_the_last_epoch():
+    import math
+
+    raw = _tiny_raw()
+    raw["training"].update(epochs=5, learning_rate=1e-3, lr_schedule="cosine")
+    trainer = Trainer(parse_config(raw))
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = trainer.build_scheduler(optimizer)
+    rates = []
+    for _ in range(5):  # the LR each epoch trains with; the loop steps the schedule after every epoch
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(5)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert rates[-1] == pytest.approx(1e-5)
+    raw["training"]["lr_schedule"] = "plateau"
+    assert isinstance(
+        Trainer(parse_config(raw)).build_scheduler(optimizer), torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
+    raw["training"]["lr_schedule"] = "linear"
+    with pytest.raises(ValueError, match="training.lr_schedule"):
+        parse_config(raw)
+
+
 # ------------------------------------------------------------------------------------------ patch sampling
 
 

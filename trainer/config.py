@@ -51,6 +51,10 @@ THRESHOLD_SELECTIONS = ("validation", "fixed")
 UMIS_LOSSES = ("umis", "umis-code", "umis-paper")
 LOSSES = ("dice", "dice_bce", "dice_bce_cldice", "balanced_bce_tv", *UMIS_LOSSES)
 DEVICES = ("auto", "cpu", "cuda")
+#: "plateau": LR x lr_decay_factor after lr_patience epochs without a lower validation loss (VC-Net);
+#: "cosine": LR falls along a half cosine from learning_rate to 1 % of it over the epochs (a short CPU budget
+#: then ends on small steps, so the last epochs' weights differ less from one another).
+LR_SCHEDULES = ("plateau", "cosine")
 #: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
 PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
 #: Remapping a phantom class to this drops it (its voxels become background in every channel).
@@ -171,6 +175,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     lr_decay_factor: float = 0.5
     lr_patience: int = 10
+    lr_schedule: str = "plateau"
     early_stop_patience: int = 30
     loss: str = "dice"
     #: lambda of VC-Net eq. (3): weight of the Dice loss on the composited MIP (networks with a MIP stream).
@@ -778,6 +783,7 @@ def parse_config(
             open_low=True,
         ),
         lr_patience=_integer(t.get("lr_patience", defaults.lr_patience), "training.lr_patience", 0),
+        lr_schedule=_choice(t.get("lr_schedule", defaults.lr_schedule), "training.lr_schedule", LR_SCHEDULES),
         early_stop_patience=_integer(
             t.get("early_stop_patience", defaults.early_stop_patience), "training.early_stop_patience", 1
         ),

@@ -236,8 +236,15 @@ class Trainer:
             model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay
         )
 
-    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-        """LR x ``lr_decay_factor`` after ``lr_patience`` epochs without a lower validation loss (VC-Net)."""
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """``training.lr_schedule``: "plateau" (VC-Net): LR x ``lr_decay_factor`` after ``lr_patience`` epochs
+        without a lower validation loss; "cosine": a half cosine from the learning rate to 1 % of it at the
+        last epoch (stepped once per epoch)."""
+        training = self.config.training
+        if training.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(training.epochs - 1, 1), eta_min=0.01 * training.learning_rate
+            )
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             mode="min",
@@ -466,7 +473,10 @@ class Trainer:
                         self.epochs_without_improvement += 1
                     stop = float(self.epochs_without_improvement >= training.early_stop_patience)
                 val_loss, stop = broadcast_floats([metrics.get("loss", math.nan), stop], self.context)
-                self.scheduler.step(val_loss)
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(val_loss)
+                else:
+                    self.scheduler.step()
                 if self.context.is_main:
                     record = {"epoch": epoch, "train_loss": train_loss}
                     record.update({f"val_{k}": v for k, v in metrics.items()})
