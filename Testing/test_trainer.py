@@ -208,6 +208,25 @@ def test_cosine_schedule_falls_from_the_learning_rate_to_one_percent_at_the_last
         parse_config(raw)
 
 
+def test_last_epoch_selection_ships_the_last_epoch_whatever_the_validation_says(tmp_path):
+    raw = _tiny_raw()
+    raw["training"].update(epochs=3, patches_per_epoch=8, model_selection="last", early_stop_patience=1)
+    raw["training"]["cldice_every"] = 0
+    config = parse_config(raw).with_overrides(run_dir=tmp_path / "run")
+    summary = Trainer(config).fit()
+    # early_stop_patience = 1 would stop after any epoch that does not improve: "last" never stops early.
+    assert summary.epochs_completed == 3 and not summary.stopped_early
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["best_epoch"] == 3
+    best_card = json.loads(card_path_for(tmp_path / "run" / BEST_WEIGHTS).read_text())
+    assert best_card["epoch"] == 3
+    best, last = load_file(tmp_path / "run" / BEST_WEIGHTS), load_file(tmp_path / "run" / LAST_WEIGHTS)
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    raw["training"]["model_selection"] = "first"
+    with pytest.raises(ValueError, match="training.model_selection"):
+        parse_config(raw)
+
+
 # ------------------------------------------------------------------------------------------ patch sampling
 
 

@@ -55,6 +55,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: "cosine": LR falls along a half cosine from learning_rate to 1 % of it over the epochs (a short CPU budget
 #: then ends on small steps, so the last epochs' weights differ less from one another).
 LR_SCHEDULES = ("plateau", "cosine")
+MODEL_SELECTIONS = ("best", "last")
 #: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
 PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
 #: Remapping a phantom class to this drops it (its voxels become background in every channel).
@@ -191,6 +192,10 @@ class TrainingConfig:
     #: best checkpoint on the validation cases (written to run.json and the model card, applied by the
     #: registry); "fixed": ``validation_threshold``.
     threshold_selection: str = "validation"
+    #: "best": the epoch with the best validation Dice is the model (and early stopping applies); "last": the
+    #: last epoch is, whatever the validation says (one validation stack picks epochs noisily; with a cosine
+    #: schedule the last epoch is also the most settled). The validation cases are then only watched.
+    model_selection: str = "best"
     cldice_every: int = 1
     init_weights: Path | None = None
     #: ``[training.randomisation]``: on-the-fly domain randomisation of the training patches (gamma, contrast,
@@ -812,6 +817,9 @@ def parse_config(
             t.get("threshold_selection", defaults.threshold_selection),
             "training.threshold_selection",
             THRESHOLD_SELECTIONS,
+        ),
+        model_selection=_choice(
+            t.get("model_selection", defaults.model_selection), "training.model_selection", MODEL_SELECTIONS
         ),
         cldice_every=_integer(t.get("cldice_every", defaults.cldice_every), "training.cldice_every", 0),
         init_weights=init_weights,

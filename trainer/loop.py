@@ -465,7 +465,8 @@ class Trainer:
                     score = metrics["mean_dice"]
                     if math.isnan(score):  # no class present in validation: fall back on the loss
                         score = -metrics["loss"]
-                    improved = score > self.best_score
+                    # model_selection = "last": every epoch replaces the model, and nothing stops early.
+                    improved = training.model_selection == "last" or score > self.best_score
                     if improved:
                         self.best_score, self.best_epoch, self.epochs_without_improvement = score, epoch, 0
                         self.best_metrics = dict(metrics)
