@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
+from safetensors.torch import load_file
 
 from trainer.config import FileSource, parse_config
 from trainer.crossval import fold_training_document, make_folds
@@ -215,7 +217,7 @@ def test_harness_scores_every_stack_once_and_trains_on_training_stacks_only(tmp_
     config.write_text(
         (REPO / "trainer" / "configs" / "vnet_2pm.toml")
         .read_text()
-        .replace("epochs = 10", "epochs = 1")
+        .replace("epochs = 10", "epochs = 2")
         .replace("patches_per_epoch = 160", "patches_per_epoch = 8")
         .replace("patch_size_zyx = [16, 128, 128]", "patch_size_zyx = [16, 32, 32]")
         .replace("count = 8", "count = 1")
@@ -228,7 +230,7 @@ def test_harness_scores_every_stack_once_and_trains_on_training_stacks_only(tmp_
     table = capsys.readouterr().out
     rows = list(csv.DictReader((tmp_path / "run" / "scores.csv").open()))
     folds = json.loads((tmp_path / "run" / "folds.json").read_text())["folds"]
-    for method in ("frangi", "frangi+tuned", "tiny", "tiny@0.5"):
+    for method in ("frangi", "frangi+tuned", "tiny", "tiny@0.5", "tiny@last"):
         tested = sorted(r["stack"] for r in rows if r["method"] == method)
         assert tested == ["s0", "s1", "s2", "s3"], method  # every stack scored exactly once
         assert f"| {method} | 4 |" in table
@@ -245,6 +247,13 @@ def test_harness_scores_every_stack_once_and_trains_on_training_stacks_only(tmp_
         )
         used = {float(r["threshold"]) for r in rows if r["method"] == "tiny" and r["stack"] in fold["test"]}
         assert used == {card["decision_thresholds"]["thresholds"]["micro"]}
+        # "@last" is the same training's last epoch (not the selected one), cut at 0.5.
+        fold_dir = tmp_path / "run" / "tiny" / f"fold-{fold['index']}"
+        shipped_last = load_file(fold_dir / "models-last" / "tiny-last.safetensors")
+        trained_last = load_file(fold_dir / "train" / "last.safetensors")
+        assert all(torch.equal(shipped_last[k], trained_last[k]) for k in trained_last)
+        assert {float(r["threshold"]) for r in rows if r["method"] == "tiny@last"} == {0.5}
+        assert json.loads((fold_dir / "models-last" / "tiny-last.card.json").read_text())["best_epoch"] == 2
     # A rerun reuses every fold: nothing is trained again.
     mtime = (tmp_path / "run" / "tiny" / "fold-0" / "train" / "best.safetensors").stat().st_mtime
     assert harness.main(arguments) == 0

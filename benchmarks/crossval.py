@@ -43,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import parse_config
+from trainer.config import UMIS_LOSSES, parse_config
 from trainer.crossval import Fold, fold_training_document, make_folds
 from trainer.export import export_run
-from trainer.loop import LAST_STATE, RUN_RECORD, run_training
+from trainer.loop import LAST_STATE, LAST_WEIGHTS, RUN_RECORD, run_training
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.io import read_volume
 from VesselSegLib.metrics import average_precision, best_threshold, evaluate_binary
@@ -250,7 +250,7 @@ def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) ->
     fold_dir = method_dir(spec, args) / f"fold-{fold.index}"
     scores_path = fold_dir / f"scores{variant_tag(args)}.json"
     if scores_path.is_file():
-        return json.loads(scores_path.read_text())
+        return json.loads(scores_path.read_text()) + last_epoch_rows(spec, fold, fold_dir, stacks, args)
     registry = train_fold(spec, fold, fold_dir, args)
     record = json.loads((fold_dir / "train" / RUN_RECORD).read_text())
     rows = []
@@ -270,6 +270,49 @@ def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) ->
         )
         rows.append(score_row(label, fold, stack, decision, probabilities, threshold, timing))
         logger.info("%s fold %d %s: Dice %.3f", label, fold.index, name, rows[-1]["dice"])
+    scores_path.write_text(json.dumps(rows, indent=1) + "\n")
+    return rows + last_epoch_rows(spec, fold, fold_dir, stacks, args)
+
+
+def last_epoch_rows(
+    spec: MethodSpec, fold: Fold, fold_dir: Path, stacks: dict[str, Stack], args
+) -> list[dict]:
+    """``NAME@last``: the same fold training's last epoch, cut at 0.5, i.e. what the recipe scores with
+    ``training.model_selection = "last"`` and ``threshold_selection = "fixed"`` (nothing chosen on the inner
+    validation stack), without training again. Cached beside the fold's scores."""
+    suffix = variant_suffix(args)
+    scores_path = fold_dir / f"scores-last{variant_tag(args)}.json"
+    if scores_path.is_file():
+        return json.loads(scores_path.read_text())
+    train_dir = fold_dir / "train"
+    if not (train_dir / LAST_WEIGHTS).is_file():
+        return []
+    record = json.loads((train_dir / RUN_RECORD).read_text())
+    training = record["config"].get("training", {})
+    if training.get("model_selection") == "last" or training.get("loss") in UMIS_LOSSES or "sld" in training:
+        return []  # the fold's model is its last epoch already (label-free trainers keep the last one too)
+    models_dir = fold_dir / "models-last"
+    name = f"{spec.name}-last"
+    entry = export_run(
+        train_dir, name=name, out_dir=models_dir, modalities=["2PM"], threshold=0.5, checkpoint="last"
+    )
+    entry["default_for"] = ["2PM"]
+    registry_path = models_dir / "models.json"
+    registry_path.write_text(json.dumps({"schema_version": 1, "models": [entry]}, indent=2) + "\n")
+    registry = ModelRegistry.from_file(registry_path)
+    rows = []
+    for stack_name in fold.test:
+        decision, probabilities, threshold, seconds = segment(stacks[stack_name], name, registry, args)
+        timing = {
+            "segment_s": round(seconds, 1),
+            "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
+            "best_epoch": record.get("epochs_completed"),
+        }
+        row = score_row(
+            f"{spec.name}@last{suffix}", fold, stacks[stack_name], decision, probabilities, threshold, timing
+        )
+        rows.append(row)
+        logger.info("%s fold %d %s: Dice %.3f", row["method"], fold.index, stack_name, row["dice"])
     scores_path.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 

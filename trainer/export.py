@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import UMIS_LOSSES
-from trainer.loop import BEST_WEIGHTS, CONFIG_COPY, RUN_RECORD
+from trainer.loop import BEST_WEIGHTS, CONFIG_COPY, LAST_WEIGHTS, RUN_RECORD
 from trainer.unsupervised import LOSS_PRESETS
 from VesselSegLib.models.checkpoint import card_path_for, load_checkpoint, save_checkpoint
 from VesselSegLib.unsupervised.adaptation import AdaptationSettings
@@ -33,6 +33,7 @@ def export_run(
     overlap: float = 0.25,
     threshold: float | None = None,
     mixed_spacing: bool = False,
+    checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Write ``out_dir/NAME.safetensors`` + ``NAME.card.json`` from ``run_dir``'s best checkpoint.
 
@@ -56,6 +57,9 @@ def export_run(
     mixed_spacing : bool
         The model was trained at several voxel sizes (e.g. 2PM phantoms at 1 and 2 um): the entry gives no
         training spacing, so inputs are not resampled to the median one.
+    checkpoint : {"best", "last"}
+        Which of the run's checkpoints to ship: the model the run selected (``best.safetensors``), or its
+        last epoch (``last.safetensors``; what ``training.model_selection = "last"`` would have selected).
 
     Returns
     -------
@@ -65,11 +69,14 @@ def export_run(
     run_dir = Path(run_dir)
     if not _NAME_PATTERN.match(name):
         raise ValueError(f"Model name {name!r} may only hold letters, digits, '.', '_' and '-'.")
-    best = run_dir / BEST_WEIGHTS
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}.")
+    weights_name = BEST_WEIGHTS if checkpoint == "best" else LAST_WEIGHTS
+    best = run_dir / weights_name
     record_path = run_dir / RUN_RECORD
     if not best.is_file() or not record_path.is_file():
         raise ValueError(
-            f"{run_dir} is not a finished training run: {BEST_WEIGHTS} or {RUN_RECORD} is missing."
+            f"{run_dir} is not a finished training run: {weights_name} or {RUN_RECORD} is missing."
         )
     record = json.loads(record_path.read_text())
     best_card = json.loads(card_path_for(best).read_text())
