@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         help="trained at several voxel sizes: give no training spacing (inputs are not resampled)",
     )
     export.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="the run's selected checkpoint (default) or its last epoch",
+    )
+    export.add_argument(
         "--registry",
         action="store_true",
         help="also write OUT/models.json holding this entry alone (not for Resources/Models)",
@@ -120,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overlap=arguments.overlap,
             threshold=arguments.threshold,
             mixed_spacing=arguments.mixed_spacing,
+            checkpoint=arguments.checkpoint,
         )
         if (
             arguments.registry
