@@ -227,6 +227,20 @@ def test_a_supervised_network_cannot_be_trained_with_the_umis_loss(tmp_path):
         run_training(parse_config(document), command=["test"])
 
 
+def test_label_free_trainers_refuse_several_processes(tmp_path):
+    from trainer.distributed import DistributedContext
+    from trainer.unsupervised import UnsupervisedTrainer
+
+    # The UMIS step calls the unwrapped network's forward_all: DDP would never synchronise its gradients.
+    two_ranks = DistributedContext(rank=0, world_size=2, local_world_size=2)
+    trainer = UnsupervisedTrainer(parse_config(_umis_document(tmp_path)), command=["test"], context=two_ranks)
+    with pytest.raises(
+        ValueError, match="UMIS training runs in one process only .2 were started.*not torchrun"
+    ):
+        trainer.setup()
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 # ------------------------------------------------------------------------------------------ adaptation
 
 

@@ -390,8 +390,17 @@ class Trainer:
             columns += [f"val_{name}_dice", f"val_{name}_cldice"]
         return [*columns, "lr", "seconds"]
 
+    #: Set by trainers whose step calls the unwrapped network (``forward_all``), which DistributedDataParallel
+    #: cannot see: with several processes their gradients would never be synchronised, so they refuse.
+    single_process_only: str | None = None
+
     def setup(self) -> None:
         """Threads, seed, model, optimizer, data; then the saved state when resuming."""
+        if self.single_process_only and self.context.enabled:
+            raise ValueError(
+                f"{self.single_process_only} training runs in one process only ({self.context.world_size} were "
+                "started): run `python -m trainer train CONFIG`, not torchrun."
+            )
         training = self.config.training
         threads = training.num_threads
         if self.context.enabled and self.context.device.type == "cpu":

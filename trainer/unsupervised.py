@@ -36,6 +36,8 @@ VALIDATION_CROPS = 4
 class UnsupervisedTrainer(Trainer):
     """The supervised :class:`~trainer.loop.Trainer` with its label-reading hooks replaced (module text)."""
 
+    single_process_only = "UMIS"
+
     def setup(self) -> None:
         # The last epoch is the model: no early stop, whatever the configuration's default.
         self.config = dataclasses.replace(

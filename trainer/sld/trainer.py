@@ -107,6 +107,8 @@ class IterationBatch:
 class SLDTrainer(Trainer):
     """3D-SLD: the loop of :class:`~trainer.loop.Trainer` with 3D-SLD's iteration (module text)."""
 
+    single_process_only = "3D-SLD"
+
     def setup(self) -> None:
         self.sld = self.config.training.sld
         self.loss_weights = self.sld.weights()
