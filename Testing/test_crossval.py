@@ -218,6 +218,8 @@ def test_harness_scores_every_stack_once_and_trains_on_training_stacks_only(tmp_
         (REPO / "trainer" / "configs" / "vnet_2pm.toml")
         .read_text()
         .replace("epochs = 10", "epochs = 2")
+        # "best" so that the harness also scores the last epoch ("@last"), which is then another model.
+        .replace('model_selection = "last"', 'model_selection = "best"')
         .replace("patches_per_epoch = 160", "patches_per_epoch = 8")
         .replace("patch_size_zyx = [16, 128, 128]", "patch_size_zyx = [16, 32, 32]")
         .replace("count = 8", "count = 1")

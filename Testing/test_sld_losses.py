@@ -456,7 +456,9 @@ def test_brightness_prior_is_lower_when_the_vessel_channel_covers_the_bright_vox
     on_dark = (~bright).float().clamp(0.05, 0.95)
     good = brightness_prior_loss(images, on_bright)
     bad = brightness_prior_loss(images, on_dark)
-    assert float(good) < 1.0 < float(bad)  # exp(c_rest - c_vessel): below 1 exactly when the vessel is brighter
+    assert (
+        float(good) < 1.0 < float(bad)
+    )  # exp(c_rest - c_vessel): below 1 exactly when the vessel is brighter
     good.backward()
     assert torch.isfinite(on_bright.grad).all() and on_bright.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="one shape"):

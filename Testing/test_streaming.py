@@ -374,7 +374,7 @@ def test_stream_command_levels_slices_with_the_shipped_2pm_model(tmp_path):
 
     stack, path = _registry_stack(tmp_path)
     out = tmp_path / "out"
-    argv = ["stream", str(path), "--out", str(out), "--spacing", "0.001", "0.001", "0.002", "--tile", "16",
+    argv = ["stream", str(path), "--out", str(out), "--spacing", "0.001", "0.001", "0.005", "--tile", "16",
             "64", "64", "--batch-size", "1", "--output-dtype", "float32", "--device", "cpu", "--quiet",
             "--subtract-slice-median"]  # fmt: skip
     assert main(argv) == 0

@@ -100,6 +100,20 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--spacing-zyx",
+        nargs=3,
+        type=float,
+        default=(0.005, 0.001, 0.001),
+        help="phantom voxel size in mm (default: the 2PM default model's training spacing, 5 x 1 x 1 um, which "
+        "streaming needs: it cannot resample; the README's table until 2026-12-06 used 0.002 0.001 0.001)",
+    )
+    parser.add_argument(
+        "--radius-model",
+        choices=("2pm-physical", "voxel"),
+        default="2pm-physical",
+        help="phantom vessel radii: micrometres of mouse cortex (default) or 1-2 voxels (the earlier table)",
+    )
     parser.add_argument("--json", type=Path, help="Also write the measurements to this JSON file.")
     args = parser.parse_args()
     registry = ModelRegistry.default()
@@ -111,7 +125,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("VESSELSEG_BENCH_TMP")) as folder:
         folder = Path(folder)
         tick = time.perf_counter()
-        case = make_phantom_case("2PM", tuple(args.shape), seed=args.seed)
+        case = make_phantom_case(
+            "2PM",
+            tuple(args.shape),
+            seed=args.seed,
+            spacing_zyx=tuple(args.spacing_zyx),
+            radius_model=args.radius_model,
+        )
         results["phantom_seconds"] = time.perf_counter() - tick
         spacing_xyz = tuple(reversed(case.spacing_zyx))
         image = np.clip(case.image, 0, 65535).astype(np.uint16)
