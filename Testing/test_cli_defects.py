@@ -137,7 +137,7 @@ def test_a_folder_given_as_input_is_called_a_folder(tmp_path, capsys):
 
 def test_stream_patch_not_fitting_the_network_is_one_line(tmp_path, capsys):
     np.save(tmp_path / "stack.npy", np.random.default_rng(0).random((16, 32, 32)).astype(np.float32))
-    argv = ["stream", tmp_path / "stack.npy", "--out", tmp_path / "out", "--spacing", 0.001, 0.001, 0.002,
+    argv = ["stream", tmp_path / "stack.npy", "--out", tmp_path / "out", "--spacing", 0.001, 0.001, 0.005,
             "--patch-size", 7, 7, 7, "--quiet"]  # fmt: skip
     code, err = _run(argv, capsys)
     assert code == 1 and "must be a multiple of" in err and "Traceback" not in err
@@ -146,11 +146,14 @@ def test_stream_patch_not_fitting_the_network_is_one_line(tmp_path, capsys):
 
 def test_stream_and_segment_agree_voxel_for_voxel_on_an_oblique_stack(tmp_path, capsys):
     """Same class map and same geometry (spacing, origin, direction), and the same summary keys."""
-    case = make_phantom_case("2PM", (24, 72, 64), seed=11)
+    # At the 2PM default's training voxel size (5 x 1 x 1 um): streaming cannot resample.
+    case = make_phantom_case(
+        "2PM", (24, 72, 64), spacing_zyx=(0.005, 0.001, 0.001), seed=11, radius_model="2pm-physical"
+    )
     angle = 0.4
     direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     stack = Volume(
-        np.clip(case.image, 0, 65535).astype(np.uint16), (0.001, 0.001, 0.002), (1.5, -2.0, 3.0), direction
+        np.clip(case.image, 0, 65535).astype(np.uint16), (0.001, 0.001, 0.005), (1.5, -2.0, 3.0), direction
     )
     sitk.WriteImage(stack.to_sitk(), str(tmp_path / "stack.nrrd"), useCompression=False)  # raw: streamable
     common = ["--patch-size", 16, 64, 64, "--device", "cpu", "--quiet"]

@@ -101,6 +101,12 @@ def test_tiny_config_reads_with_paper_defaults():
     assert config.training.lr_patience == 10
 
 
+def _files_source(root: Path, **extra) -> dict:
+    """A ``files`` training source of the 2PM stacks :func:`_write_stack_pair` wrote under ``root``."""
+    source = {"kind": "files", "modality": "2PM", "root": str(root), "images": "images/*.tif"}
+    return {**source, "labels": "labels", "binary_class": "micro", **extra}
+
+
 def _write_stack_pair(root: Path, name: str, shape=(6, 40, 48), seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     labels = np.zeros(shape, dtype=np.uint8)
@@ -149,17 +155,9 @@ def test_training_spacing_resamples_cases_as_inference_would_and_stacks_without_
     _write_stack_pair(tmp_path, "coarse", shape=(6, 40, 48))  # no side-car metadata: the assumed spacing
     raw = _tiny_raw()
     raw["data"]["training_spacing_mm_zyx"] = [0.005, 0.001, 0.001]
+    # 2 um in-plane: twice the training spacing
     raw["data"]["training"] = [
-        {
-            "kind": "files",
-            "modality": "2PM",
-            "root": str(tmp_path),
-            "images": "images/*.tif",
-            "labels": "labels",
-            "metadata": "metadata",
-            "binary_class": "micro",
-            "assumed_spacing_xyz": [0.002, 0.002, 0.005],  # 2 um in-plane: twice the training spacing
-        }
+        _files_source(tmp_path, metadata="metadata", assumed_spacing_xyz=[0.002, 0.002, 0.005])
     ]
     config = parse_config(raw)
     assert config.data.training_spacing_zyx == (0.005, 0.001, 0.001)
@@ -233,16 +231,7 @@ def test_last_epoch_selection_ships_the_last_epoch_whatever_the_validation_says(
 def test_patch_sampler_pads_thin_volumes_and_is_deterministic(tmp_path):
     _write_stack_pair(tmp_path, "thin", shape=(6, 40, 48))
     raw = _tiny_raw()
-    raw["data"]["training"] = [
-        {
-            "kind": "files",
-            "modality": "2PM",
-            "root": str(tmp_path),
-            "images": "images/*.tif",
-            "labels": "labels",
-            "binary_class": "micro",
-        }
-    ]
+    raw["data"]["training"] = [_files_source(tmp_path)]
     config = parse_config(raw)
     cases = load_cases(config.data.training[0], config.data.vessel_classes)
     sampler = PatchSampler(cases, (16, 32, 32), foreground_fraction=1.0)
