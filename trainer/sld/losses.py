@@ -767,7 +767,8 @@ def brightness_prior_loss(images: torch.Tensor, vessel: torch.Tensor, eps: float
 
     Not part of 3D-SLD: the ranking term of UMIS (eq. 22 there,
     :func:`VesselSegLib.unsupervised.loss.ranking_loss`) applied to the vessel channel's memberships,
-    ``c_vessel = sum(m I) / sum(m)`` and ``c_rest = sum((1 - m) I) / sum(1 - m)`` per crop. It reads images
+    ``c_vessel = sum(m I) / sum(m)`` and ``c_rest = sum((1 - m) I) / sum(1 - m)`` per crop (UMIS's region
+    means, eq. 19-20 there, :func:`VesselSegLib.unsupervised.loss.region_means`). It reads images
     only (no label), and assumes vessels brighter than background, true of TOF-MRA and 2PM inputs as the
     pipeline normalises them.
 
@@ -782,11 +783,8 @@ def brightness_prior_loss(images: torch.Tensor, vessel: torch.Tensor, eps: float
     -------
     tensor, shape ()
     """
-    from VesselSegLib.unsupervised.loss import ranking_loss
+    from VesselSegLib.unsupervised.loss import ranking_loss, region_means
 
     if images.shape != vessel.shape:
         raise ValueError(f"images {tuple(images.shape)} and vessel {tuple(vessel.shape)} must have one shape")
-    dims = tuple(range(1, images.ndim))
-    inside = (vessel * images).sum(dims) / (vessel.sum(dims) + eps)
-    outside = ((1.0 - vessel) * images).sum(dims) / ((1.0 - vessel).sum(dims) + eps)
-    return ranking_loss(inside, outside)
+    return ranking_loss(*region_means(images, vessel, eps=eps))
