@@ -238,8 +238,15 @@ def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegis
         f"(validation {', '.join(fold.validation)})"
     )
     train_or_resume(config, train_dir, train_threads=args.train_threads, description=description)
-    entry = export_run(train_dir, name=spec.name, out_dir=models_dir, modalities=["2PM"])
+    return export_fold_registry(train_dir, spec.name, models_dir)
+
+
+def export_fold_registry(train_dir: Path, name: str, models_dir: Path, **export_options) -> ModelRegistry:
+    """Export a fold's training run as ``name`` (the 2PM default) into a registry of its own in ``models_dir``;
+    ``export_options`` go to :func:`trainer.export.export_run` (e.g. ``checkpoint="last"``)."""
+    entry = export_run(train_dir, name=name, out_dir=models_dir, modalities=["2PM"], **export_options)
     entry["default_for"] = ["2PM"]
+    registry_path = models_dir / "models.json"
     registry_path.write_text(json.dumps({"schema_version": 1, "models": [entry]}, indent=2) + "\n")
     return ModelRegistry.from_file(registry_path)
 
@@ -291,15 +298,10 @@ def last_epoch_rows(
     training = record["config"].get("training", {})
     if training.get("model_selection") == "last" or training.get("loss") in UMIS_LOSSES or "sld" in training:
         return []  # the fold's model is its last epoch already (label-free trainers keep the last one too)
-    models_dir = fold_dir / "models-last"
     name = f"{spec.name}-last"
-    entry = export_run(
-        train_dir, name=name, out_dir=models_dir, modalities=["2PM"], threshold=0.5, checkpoint="last"
+    registry = export_fold_registry(
+        train_dir, name, fold_dir / "models-last", threshold=0.5, checkpoint="last"
     )
-    entry["default_for"] = ["2PM"]
-    registry_path = models_dir / "models.json"
-    registry_path.write_text(json.dumps({"schema_version": 1, "models": [entry]}, indent=2) + "\n")
-    registry = ModelRegistry.from_file(registry_path)
     rows = []
     for stack_name in fold.test:
         decision, probabilities, threshold, seconds = segment(stacks[stack_name], name, registry, args)

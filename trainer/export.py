@@ -35,7 +35,7 @@ def export_run(
     mixed_spacing: bool = False,
     checkpoint: str = "best",
 ) -> dict[str, Any]:
-    """Write ``out_dir/NAME.safetensors`` + ``NAME.card.json`` from ``run_dir``'s best checkpoint.
+    """Write ``out_dir/NAME.safetensors`` + ``NAME.card.json`` from one of ``run_dir``'s checkpoints.
 
     Parameters
     ----------
@@ -72,16 +72,16 @@ def export_run(
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}.")
     weights_name = BEST_WEIGHTS if checkpoint == "best" else LAST_WEIGHTS
-    best = run_dir / weights_name
+    chosen_weights = run_dir / weights_name
     record_path = run_dir / RUN_RECORD
-    if not best.is_file() or not record_path.is_file():
+    if not chosen_weights.is_file() or not record_path.is_file():
         raise ValueError(
             f"{run_dir} is not a finished training run: {weights_name} or {RUN_RECORD} is missing."
         )
     record = json.loads(record_path.read_text())
-    best_card = json.loads(card_path_for(best).read_text())
+    chosen_card = json.loads(card_path_for(chosen_weights).read_text())
     network = load_checkpoint(
-        best, expected_architecture=record["architecture"], expected_arguments=record["arguments"]
+        chosen_weights, expected_architecture=record["architecture"], expected_arguments=record["arguments"]
     )
     training = record["config"].get("training", {})
     vessel_classes = list(record["vessel_classes"])
@@ -111,8 +111,8 @@ def export_run(
         "config": record["config"],
         "command": record["command"],
         "resumed_with": record.get("resumed_with", []),
-        "best_epoch": best_card.get("epoch"),
-        "best_validation": best_card.get("validation", {}),
+        "best_epoch": chosen_card.get("epoch"),
+        "best_validation": chosen_card.get("validation", {}),
         "decision_thresholds": threshold_record,
         "epochs_completed": record["epochs_completed"],
         "stopped_early": record.get("stopped_early", False),
