@@ -25,6 +25,7 @@ from VesselSegLib.io.output_folder import (
     previous_output_problem,
     remove_stale_staging,
     rename_noreplace,
+    signals_deferred,
     staged_output_folder,
 )
 
@@ -491,6 +492,26 @@ def test_a_signal_landing_in_a_weakref_callback_is_delivered_again(tmp_path):
     assert stopped is not None and stopped.code == 143
     assert reference() is None and time.monotonic() - started < 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_inside_signals_deferred_is_raised_when_the_block_ends(tmp_path):
+    """An import of VTK's extension modules must run to its end (interrupted, the process segfaults later)."""
+    finished = []
+    with pytest.raises(KeyboardInterrupt), staged_output_folder(tmp_path / "out") as folder:
+        write_result(folder)
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here and holds the signal back
+            finished.append("import")
+        finished.append("after the block")  # not reached: raised on leaving the block
+    assert finished == ["import"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_signals_deferred_outside_a_run_leaves_python_s_handler_alone():
+    with pytest.raises(KeyboardInterrupt), signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # Python's default handler raises here
 
 
 def test_a_signal_during_the_commit_lets_it_finish(tmp_path, monkeypatch):

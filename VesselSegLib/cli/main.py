@@ -240,7 +240,10 @@ def _write_segment_outputs(args, staging: Path, inputs, outputs) -> dict:
     """Write the segmentation, labels, models, graph, probabilities, the method's auxiliary images (ROSE's
     ``super_resolved.nrrd``) and the preview into ``staging``."""
     from VesselSegLib.io import write_volume
-    from VesselSegLib.mrml.export import write_model_files, write_segmentation
+    from VesselSegLib.io.output_folder import signals_deferred
+
+    with signals_deferred():  # VTK's extension modules must not be interrupted half-loaded
+        from VesselSegLib.mrml.export import write_model_files, write_segmentation
     from VesselSegLib.preprocessing import normalize_intensity
     from VesselSegLib.visualization import write_preview
 
@@ -305,8 +308,11 @@ def run_segment(args: argparse.Namespace) -> dict:
     staging = output.path
     progress, close_bar = _progress_bar(args.quiet)
     try:
-        from VesselSegLib.mrml.logic import VesselSegLogic
-        from VesselSegLib.mrml.scene import create_headless_scene, volume_node_from_volume
+        from VesselSegLib.io.output_folder import signals_deferred
+
+        with signals_deferred():  # a signal raised inside VTK's or MRML's module set-up ends in a segfault
+            from VesselSegLib.mrml.logic import VesselSegLogic
+            from VesselSegLib.mrml.scene import create_headless_scene, volume_node_from_volume
 
         scene = create_headless_scene()
         node = lambda volume, name: None if volume is None else volume_node_from_volume(scene, volume, name)  # noqa: E731

@@ -633,6 +633,18 @@ def _signal_mode(mode: str, *, deliver: bool = False) -> Iterator[None]:
             _raise_for(pending[0])
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold the caught signals back inside the block and raise the first one on leaving it.
+
+    For imports of extension modules that register C++ classes (VTK, Slicer's MRML): an exception raised
+    while such a module initialises leaves its class tables half-built, and the process later dies with a
+    segmentation fault instead of its one-line message (seen: exit -11 after Ctrl+C during ``import vtk``).
+    Outside :class:`SignalsAsExceptions` this does nothing."""
+    with _signal_mode(_DEFER, deliver=True):
+        yield
+
+
 # ------------------------------------------------------------------------------------------------ locking
 
 
