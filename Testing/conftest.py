@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,20 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -
     sys.path.insert(0, str(REPO_ROOT))
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory):
+    """The runtime probe's cache in a folder of this test session, never the user's ~/.cache (subprocesses
+    inherit it through the environment)."""
+    folder = tmp_path_factory.mktemp("vesselseg-cache")
+    previous = os.environ.get("VESSELSEG_CACHE_DIR")
+    os.environ["VESSELSEG_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("VESSELSEG_CACHE_DIR", None)
+    else:
+        os.environ["VESSELSEG_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,11 @@ def test_segment_writes_every_output_on_the_input_grid(tmp_path, phantom_files, 
     assert set(summary["metrics_against_reference"]) == {"artery", "vein", "micro", "vessel"}
     assert 0 <= summary["metrics_against_reference"]["vessel"]["dice"] <= 1
     assert summary["run_time_s"]["total"] > 0 and summary["device"] == "cpu"
+    # precision "auto": the machine's measured choice, and what the (unverified) tiny model ran in
+    assert (
+        summary["runtime"]["source"] in ("probe", "cache") and summary["runtime"]["timings_s"]["float32"] > 0
+    )
+    assert summary["runtime"]["precision_by_model"] == {"tiny": "float32"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 

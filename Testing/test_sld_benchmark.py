@@ -49,3 +49,12 @@ def test_quick_benchmark_scores_every_method_and_a_rerun_trains_nothing(tmp_path
     assert benchmark.main(arguments) == 0
     assert [path.stat().st_mtime_ns for path in records] == mtimes  # nothing trained again
     assert (tmp_path / "scores.csv").read_text() == before
+
+    # The same models on the phantoms shifted to a noisier protocol: nothing trained, other images scored.
+    assert benchmark.main([*arguments, "--rendering", "noisy"]) == 0
+    assert [path.stat().st_mtime_ns for path in records] == mtimes
+    shifted = list(csv.DictReader((tmp_path / "scores-noisy.csv").open()))
+    assert len(shifted) == len(rows)
+    assert [r["ap"] for r in shifted] != [r["ap"] for r in rows]
+    assert "rendering shifted: noisy" in (tmp_path / "summary-noisy.md").read_text()
+    assert (tmp_path / "scores.csv").read_text() == before

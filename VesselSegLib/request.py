@@ -34,9 +34,11 @@ if TYPE_CHECKING:  # the registry is read without PyTorch; methods import it whe
     from VesselSegLib.models.registry import ModelEntry, ModelRegistry
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-#: "auto": float16 autocast on CUDA, float32 elsewhere (measured: bfloat16 is many times slower on CPUs
-#: without AMX); "float32": never autocast.
-PRECISIONS = ("auto", "float32")
+#: "auto": float16 autocast on CUDA; on a CPU, bfloat16 autocast where a measured probe finds it faster
+#: (``VesselSegLib.inference.runtime``: CPUs without native bfloat16 run it many times slower), else float32;
+#: a named precision is used as asked (float16 on CUDA only). Only models verified for a reduced precision
+#: (registry entry ``reduced_precision``) run in it.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 ALL_CLASSES = tuple(VESSEL_CLASS_BY_NAME)
 #: Longest test-time adaptation a request may ask for (s); the UMIS notes cap it at 10 minutes.
 MAX_ADAPTATION_BUDGET_S = 600.0
@@ -137,7 +139,8 @@ class SegmentationRequest:
     batch_size : int >= 1
         Windows per forward pass.
     device : {"auto", "cpu", "cuda", "mps"}
-    precision : {"auto", "float32"}
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        Autocast precision of the networks; "auto" measures this machine once (see :data:`PRECISIONS`).
     test_time_augmentation : bool
         Average the network's probabilities over in-plane flips (Y, X, YX): ~4x the inference time
         (``VesselSegLib.inference.test_time_augmentation``). Networks only: other methods refuse it.

@@ -65,6 +65,14 @@ the registry ``models/models.json``; ``scores.json``). Everything is cached: a r
 ``train/run.json`` says finished, an interrupted training resumes from ``last_state.json``, and a changed
 recipe under an old name is refused.
 
+``--rendering noisy|strong-bias|low-contrast|thick-slices`` scores the same trained models on the test
+phantoms shifted to another protocol (``benchmarks/rendering_shifts.py``: more noise, a stronger bias field,
+weaker inflow contrast, thicker slices, each outside what the training renderer draws); its files are
+``summary-NAME.md``, ``scores-NAME.csv`` and ``scores-NAME.json``. The domain-randomisation measurement of
+issue #11 for TOF-MRA: ``--methods unet3d-artery=trainer/configs/unet3d_artery.toml
+"unet3d-artery-randomised=trainer/configs/unet3d_artery.toml,training.randomisation={}" --baselines frangi``
+once per rendering.
+
 ``--quick``: tiny everything, a smoke test of the harness (its scores mean nothing): 2 test phantoms of
 32 x 48 x 48, 2 training phantoms of 32 x 48 x 48, SLDNet widths [4, 8, 8] (8 embedding channels,
 4 clusters), 1 + 1 + 1 epochs of 1 iteration (a method without stage 3: 1 + 2 + 0), 4 references, 2
@@ -101,6 +109,7 @@ from VesselSegLib.request import SegmentationRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
 from crossval import MethodSpec, parse_override, write_rows  # noqa: E402
+from rendering_shifts import AS_RENDERED, RENDERINGS, shift_rendering  # noqa: E402
 from rose_phantoms import (  # noqa: E402
     TrainedMethod,
     _check_recipe,
@@ -163,13 +172,20 @@ class TestPhantom:
     spacing_zyx: tuple[float, float, float]
 
 
-def make_test_phantoms(seeds, shape_zyx, spacing_zyx) -> list[TestPhantom]:
+def make_test_phantoms(seeds, shape_zyx, spacing_zyx, rendering: str = AS_RENDERED) -> list[TestPhantom]:
+    """The held-out phantoms, as rendered or with one of ``rendering_shifts.SHIFTS`` (another protocol)."""
     phantoms = []
     for seed in seeds:
         case = make_phantom_case(MODALITY, tuple(shape_zyx), spacing_zyx=tuple(spacing_zyx), seed=seed)
         spacing = tuple(float(s) for s in case.spacing_zyx)
-        phantoms.append(TestPhantom(seed, case.image, case.class_map > 0, spacing))
+        image = shift_rendering(case.image, case.brain_mask, rendering, seed)
+        phantoms.append(TestPhantom(seed, image, case.class_map > 0, spacing))
     return phantoms
+
+
+def _output_name(stem: str, suffix: str, args) -> str:
+    """``scores.json`` for the phantoms as rendered, ``scores-noisy.json`` for a shifted rendering."""
+    return f"{stem}{suffix}" if args.rendering == AS_RENDERED else f"{stem}-{args.rendering}{suffix}"
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -265,7 +281,7 @@ def run_trained(method: TrainedMethod, seed: int, phantoms, args) -> list[dict]:
             f"# {method.name}, seed {seed}: written by benchmarks/sld_phantoms.py.\n\n{toml_text(record)}"
         )
     registry_path = train_seed(method, seed, args)
-    scores_path = seed_dir / "scores.json"
+    scores_path = seed_dir / _output_name("scores", ".json", args)
     if scores_path.is_file():
         return json.loads(scores_path.read_text())
     run = json.loads((seed_dir / "train" / RUN_RECORD).read_text())
@@ -281,7 +297,7 @@ def run_trained(method: TrainedMethod, seed: int, phantoms, args) -> list[dict]:
 
 
 def run_frangi(phantoms, args) -> list[dict]:
-    path = args.run_dir / "frangi" / "scores.json"
+    path = args.run_dir / "frangi" / _output_name("scores", ".json", args)
     if path.is_file():
         return json.loads(path.read_text())
     extra = {"seed": None, "train_s": 0.0, "best_epoch": None}
@@ -465,8 +481,9 @@ def summarise(rows: list[dict], timing: list[dict], first: str, test_set: dict, 
     seeds = test_set["seeds"]
     lines = [
         f"3D-SLD benchmark{' (--quick: scores mean nothing)' if args.quick else ''}: {len(seeds)} held-out "
-        f"TOF-MRA phantoms {shape} at {test_set['spacing_zyx']} mm (seeds {seeds[0]}-{seeds[-1]}), scored "
-        "against any vessel (class map > 0) through segment_image.",
+        f"TOF-MRA phantoms {shape} at {test_set['spacing_zyx']} mm (seeds {seeds[0]}-{seeds[-1]}), "
+        f"{'as rendered' if args.rendering == AS_RENDERED else f'rendering shifted: {args.rendering}'}, "
+        "scored against any vessel (class map > 0) through segment_image.",
         "",
         "Per method and seed, means over the test phantoms:",
         "",
@@ -544,6 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-threads", type=int, default=1, help="torch threads for training (not part of the recipe)"
     )
+    parser.add_argument(
+        "--rendering",
+        choices=RENDERINGS,
+        default=AS_RENDERED,
+        help="score on the test phantoms as rendered (default) or shifted to another protocol "
+        "(benchmarks/rendering_shifts.py); the trained models are shared",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke test of the harness")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -581,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {args.run_dir} holds another test set ({record_path}); use another --run-dir."
         )
     record_path.write_text(json.dumps(test_set, indent=1) + "\n")
-    phantoms = make_test_phantoms(test_set["seeds"], test_set["shape_zyx"], test_set["spacing_zyx"])
+    phantoms = make_test_phantoms(
+        test_set["seeds"], test_set["shape_zyx"], test_set["spacing_zyx"], args.rendering
+    )
     rows: list[dict] = []
     timing: list[dict] = []
     for method in methods:
@@ -596,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(
         ["python", "benchmarks/sld_phantoms.py", *(argv if argv is not None else sys.argv[1:])]
     )
-    (args.run_dir / "summary.md").write_text(f"<!-- {command} -->\n{table}\n")
-    write_rows(rows, [args.run_dir / "scores.csv"])
+    (args.run_dir / _output_name("summary", ".md", args)).write_text(f"<!-- {command} -->\n{table}\n")
+    write_rows(rows, [args.run_dir / _output_name("scores", ".csv", args)])
     if timing:
         write_rows(timing, [args.run_dir / "timing.csv"])
     return 0

@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_segment_options(demo)
     commands.add_parser("methods", help="List the methods of the model registry.")
+    info = commands.add_parser(
+        "info",
+        help="Show this machine's devices and the precision networks run in (a one-time measured probe).",
+    )
+    info.add_argument(
+        "--probe-again", action="store_true", help="Measure again instead of reading the cached probe."
+    )
+    info.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto).")
     _add_stream_command(commands)
     return parser
 
@@ -349,6 +357,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             method_display_name=result.method_display_name,
             model_sha256=result.model_sha256,
             device=result.device,
+            runtime=result.runtime,
             vessel_classes=result.vessel_classes,
             thresholds=result.thresholds,
             voxel_count={name: int(result.binary_mask(name).sum()) for name in result.vessel_classes},
@@ -378,6 +387,33 @@ def run_segment(args: argparse.Namespace) -> dict:
         raise
     finally:
         close_bar()
+
+
+def run_info(args) -> dict:
+    """Print and return the machine facts and the runtime choice for ``args.device``."""
+    import torch
+
+    from VesselSegLib.inference import runtime
+    from VesselSegLib.inference.sliding_window import resolve_device
+
+    if args.probe_again:
+        with contextlib.suppress(FileNotFoundError):
+            runtime.cache_path().unlink()  # VesselSeg's own cache file
+        runtime.forget_choices()
+    device = resolve_device(args.device)
+    choice = runtime.choose_runtime(device, "auto")
+    facts = {
+        "vesselseg": __version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **{k: v for k, v in runtime.machine_key().items() if k in ("cpu", "native_bfloat16")},
+        "runtime": choice.as_record(),
+        "probe_cache": str(runtime.cache_path()),
+    }
+    for key, value in facts.items():
+        print(f"{key:<16} {json.dumps(value)}")
+    return facts
 
 
 def run_methods() -> None:
@@ -481,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "methods":
             run_methods()
+            return 0
+        if args.command == "info":
+            run_info(args)
             return 0
         if args.command == "stream":
             summary = run_stream(args)

@@ -48,7 +48,8 @@ def add_request_options(parser: argparse.ArgumentParser, *, default_modality: st
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: float16 autocast on CUDA only (default).",
+        help="auto (default): float16 on CUDA; on a CPU bfloat16 where a one-time probe measures it faster "
+        "(see `vesselseg info`), else float32. Only models verified for it run in reduced precision.",
     )
     parser.add_argument(
         "--patch-size",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from VesselSegLib.inference.runtime import choose_runtime
 from VesselSegLib.inference.sliding_window import CancelCheck, ProgressCallback, resolve_device
 from VesselSegLib.inference.streaming import (
     DEFAULT_TILE_SIZE_ZYX,
@@ -228,6 +229,8 @@ def segment_large_volume(
         check_patch_fits(patch, network, entry.name)
         window_overlap = plan.overlap_for(entry)
         resolved_device = resolve_device(request.device)
+        runtime = choose_runtime(resolved_device, request.precision)
+        precision = runtime.for_model(entry.reduced_precision).precision
         divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
         tiles = plan_stream_tiles(
             source.shape,
@@ -260,7 +263,7 @@ def segment_large_volume(
             batch_size=request.batch_size,
             device=str(resolved_device),
             output_dtype=output_dtype,
-            mixed_precision=request.precision == "auto",
+            precision=precision,
             test_time_augmentation=request.test_time_augmentation,
             on_tile_core=class_map,
             progress=progress,
@@ -276,6 +279,7 @@ def segment_large_volume(
         "method_display_name": entry.display_name,
         "model_sha256": entry.sha256,
         "device": str(resolved_device),
+        "runtime": {**runtime.as_record(), "precision_by_model": {entry.name: precision}},
         "vessel_classes": kept,
         "thresholds": {name: thresholds.get(name, 0.5) for name in kept},
         "voxel_count": {name: counts[name] for name in kept},

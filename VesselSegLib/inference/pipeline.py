@@ -91,6 +91,9 @@ class SegmentationResult:
     """The voxel-size plausibility decision (``SpacingDecision.as_record``)."""
     adaptation: dict = field(default_factory=dict)
     """What an adaptive method's test-time adaptation did; empty for other methods."""
+    runtime: dict = field(default_factory=dict)
+    """How the networks ran: precision chosen for this machine, why, the probe's timings and the precision
+    each model ran in (``VesselSegLib.inference.runtime``); empty for methods without a network."""
     images: dict[str, np.ndarray] = field(default_factory=dict)
     """Named auxiliary images of the method on the output grid, float32 (Z', Y', X'): ``"super_resolved"``
     for ROSE (``MethodPrediction.images``); brought back from the model's grid like the probabilities, not
@@ -411,6 +414,7 @@ def run_segmentation(
         resampling=resampling.as_record(),
         spacing_check=spacing.as_record(),
         adaptation=adaptation,
+        runtime=dict(prediction.runtime),
         images=auxiliary_images,
     )
 

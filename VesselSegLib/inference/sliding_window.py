@@ -15,6 +15,7 @@ every window position and crop is a whole number of fine voxels, for any overlap
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -58,6 +59,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name.split(":")[0] not in DEVICE_CHOICES:
         raise ValueError(f"Unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
     return torch.device(name)
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``; None runs float32."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError(
+            "Precision float16 needs a CUDA GPU; on this device choose bfloat16, float32 or auto."
+        )
+    if precision not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"Unknown precision {precision!r}; choose auto, float32, bfloat16 or float16.")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
 
 
 def count_windows(
@@ -116,7 +130,7 @@ def predict_probabilities(
     batch_size: int = 2,
     device: str | torch.device = "auto",
     blend_mode: str = "gaussian",
-    mixed_precision: bool = True,
+    precision: str = "auto",
     test_time_augmentation: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
@@ -139,8 +153,10 @@ def predict_probabilities(
     device : {"auto", "cpu", "cuda", "mps"}
     blend_mode : {"gaussian", "constant"}
         Gaussian weighting down-weights window borders where context is missing.
-    mixed_precision : bool
-        float16 autocast on CUDA only (CPU has no fast half precision; bfloat16 is 77x slower there).
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        Autocast precision of the network. "auto": float16 on CUDA, float32 elsewhere (which CPUs run
+        bfloat16 faster is measured by :func:`VesselSegLib.inference.runtime.choose_runtime`, whose choice the
+        methods pass here); float16 needs CUDA.
     test_time_augmentation : bool
         Average each window's probabilities over its in-plane flips (Y, X, YX;
         :func:`~VesselSegLib.inference.test_time_augmentation.predict_with_flips`): 4 forward passes per
@@ -164,7 +180,7 @@ def predict_probabilities(
         batch_size=batch_size,
         device=device,
         blend_mode=blend_mode,
-        mixed_precision=mixed_precision,
+        precision=precision,
         test_time_augmentation=test_time_augmentation,
         progress=progress,
         cancel=cancel,
@@ -196,7 +212,7 @@ def predict_outputs(
     batch_size: int = 2,
     device: str | torch.device = "auto",
     blend_mode: str = "gaussian",
-    mixed_precision: bool = True,
+    precision: str = "auto",
     test_time_augmentation: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
@@ -209,7 +225,7 @@ def predict_outputs(
         What to blend (:data:`OUTPUT_NAMES`): the sigmoid of the logits, shape ``(C, sZ, sY, sX)``, and the
         super-resolved image of ``forward_all``, shape ``(sZ, sY, sX)``. Both come from the same forward
         pass of each window, stacked as channels and blended together (blending is per channel).
-    network, image, patch_size_zyx, overlap, batch_size, device, blend_mode, mixed_precision,
+    network, image, patch_size_zyx, overlap, batch_size, device, blend_mode, precision,
     test_time_augmentation, progress, cancel
         As for :func:`predict_probabilities`.
 
@@ -248,16 +264,14 @@ def predict_outputs(
     )
     target = resolve_device(device)
     try:
-        return _run(network, image, settings, batch_size, target, mixed_precision)
+        return _run(network, image, settings, batch_size, target, precision)
     except torch.cuda.OutOfMemoryError:
         if target.type != "cuda":
             raise
         logger.warning("GPU out of memory; running the network on the GPU and stitching on the CPU instead.")
         torch.cuda.empty_cache()
         try:
-            return _run(
-                network, image, settings, 1, target, mixed_precision, stitch_device=torch.device("cpu")
-            )
+            return _run(network, image, settings, 1, target, precision, stitch_device=torch.device("cpu"))
         except torch.cuda.OutOfMemoryError:
             logger.warning("GPU still out of memory; falling back to the CPU (slower).")
             torch.cuda.empty_cache()
@@ -284,12 +298,12 @@ def _run(
     settings: _Settings,
     batch_size: int,
     device: torch.device,
-    mixed_precision: bool,
+    precision: str,
     stitch_device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     n_batches = max(1, math.ceil(count_windows(image.shape, settings.patch, settings.overlaps) / batch_size))
     done = 0
-    use_autocast = mixed_precision and device.type == "cuda"
+    autocast_dtype = _autocast_dtype(precision, device)
     channels_last = device.type == "cpu"
     with_image = "super_resolved" in settings.outputs
     was_training = network.training
@@ -304,7 +318,12 @@ def _run(
         """The wanted outputs of one batch of windows, stacked as channels on the (fine) output grid."""
         if channels_last:
             window = window.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_autocast):
+        autocast = (
+            contextlib.nullcontext()
+            if autocast_dtype is None
+            else torch.autocast(device.type, dtype=autocast_dtype)
+        )
+        with autocast:
             if with_image:
                 both = network.forward_all(window)
                 logits, sr_image = both.logits, both.sr_image

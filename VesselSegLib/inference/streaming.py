@@ -462,7 +462,7 @@ def stream_segment_probabilities(
     batch_size: int = 2,
     device: str = "cpu",
     blend_mode: str = "gaussian",
-    mixed_precision: bool = True,
+    precision: str = "auto",
     test_time_augmentation: bool = False,
     output_dtype: str = "float16",
     on_tile_core: Callable[[tuple[slice, slice, slice], np.ndarray], None] | None = None,
@@ -509,7 +509,7 @@ def stream_segment_probabilities(
     tile_size_zyx : 3 int
         Largest tile core, rounded down to the scan grid. Bigger tiles share fewer windows with their
         neighbours (less repeated work) and cost more memory.
-    overlap, batch_size, device, blend_mode, mixed_precision, test_time_augmentation
+    overlap, batch_size, device, blend_mode, precision, test_time_augmentation
         As for ``predict_probabilities``. Test-time augmentation flips each window, so exactness holds with it
         too; it costs 4x the time and, per window, a few window-sized maps on top of the network's memory.
     output_dtype : {"float16", "uint8", "float32"}
@@ -592,7 +592,7 @@ def stream_segment_probabilities(
                 batch_size=batch_size,
                 device=device,
                 blend_mode=blend_mode,
-                mixed_precision=mixed_precision,
+                precision=precision,
                 test_time_augmentation=test_time_augmentation,
                 progress=tile_progress,
                 cancel=cancel,

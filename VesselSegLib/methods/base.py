@@ -80,6 +80,8 @@ class MethodPrediction:
         output grid as it does the probabilities (but does not zero them outside the mask); the command
         line writes each as ``<name>.nrrd``, the Slicer Logic adds a volume node "<input> <name>" with
         dashes for underscores ("<input> super-resolved"). Empty for most methods.
+    runtime : dict
+        How networks ran (``RuntimeChoice.as_record`` and ``precision_by_model``); empty for filters.
     """
 
     probabilities: dict[str, np.ndarray]
@@ -90,6 +92,7 @@ class MethodPrediction:
     model_sha256: str | None = None
     record: dict = field(default_factory=dict)
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -103,9 +103,13 @@ class NetworkEnsemble(MethodBase):
                 " / ".join(sorted({m.input_modality for m, c in groups if (m, c) not in runnable})),
                 ", ".join(skipped),
             )
-        probabilities, thresholds, auxiliary = {}, {}, {}
+        from VesselSegLib.inference.runtime import choose_runtime
+
+        runtime = choose_runtime(device, plan.request.precision)
+        probabilities, thresholds, auxiliary, precisions = {}, {}, {}, {}
         for index, (member, classes) in enumerate(runnable):
             network = self.network_for(member)
+            precisions[member.name] = runtime.for_model(member.reduced_precision).precision
             patch = plan.patch_size_for(member)
             divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
             if any(p % d for p, d in zip(patch, divisor, strict=True)):
@@ -122,7 +126,7 @@ class NetworkEnsemble(MethodBase):
                 overlap=plan.overlap_for(member),
                 batch_size=plan.request.batch_size,
                 device=device,
-                mixed_precision=plan.request.precision == "auto",
+                precision=precisions[member.name],
                 test_time_augmentation=plan.request.test_time_augmentation,
                 progress=None
                 if progress is None
@@ -142,6 +146,7 @@ class NetworkEnsemble(MethodBase):
             device=str(device),
             model_sha256=self.model_sha256,
             images=auxiliary,
+            runtime={**runtime.as_record(), "precision_by_model": precisions},
         )
 
 

@@ -83,6 +83,9 @@ class ModelEntry:
     """"module:Class" of a method kind that is not built in (``VesselSegLib.methods``)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """Method-specific settings (e.g. an adaptation's learning rate), read by the method's class."""
+    reduced_precision: tuple[str, ...] = ()
+    """Precisions besides float32 ("bfloat16", "float16") this network may run in: each keeps its class map
+    within ``VesselSegLib.inference.runtime.MAX_DICE_CHANGE`` Dice of float32 (Testing/test_runtime.py)."""
     directory: Path = field(default_factory=Path)
 
     def training_spacing_for(self, modality: str) -> tuple[float, float, float] | None:
@@ -177,6 +180,7 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
             members={str(k): str(v) for k, v in raw.get("members", {}).items()},
             implementation=raw.get("implementation"),
             settings=dict(raw.get("settings", {})),
+            reduced_precision=tuple(str(p) for p in raw.get("reduced_precision", ())),
             directory=directory,
         )
     except KeyError as missing:
