@@ -39,6 +39,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: a named precision is used as asked (float16 on CUDA only). Only models verified for a reduced precision
 #: (registry entry ``reduced_precision``) run in it.
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+#: "auto": ONNX Runtime for a float32 network where it is installed and measured faster at equal output on
+#: this machine (``VesselSegLib.inference.onnx_backend``), else PyTorch; or one of them forced.
+BACKENDS = ("auto", "pytorch", "onnxruntime")
 ALL_CLASSES = tuple(VESSEL_CLASS_BY_NAME)
 #: Longest test-time adaptation a request may ask for (s); the UMIS notes cap it at 10 minutes.
 MAX_ADAPTATION_BUDGET_S = 600.0
@@ -141,6 +144,8 @@ class SegmentationRequest:
     device : {"auto", "cpu", "cuda", "mps"}
     precision : {"auto", "float32", "bfloat16", "float16"}
         Autocast precision of the networks; "auto" measures this machine once (see :data:`PRECISIONS`).
+    backend : {"auto", "pytorch", "onnxruntime"}
+        What runs the networks (see :data:`BACKENDS`); ONNX Runtime is an optional install.
     test_time_augmentation : bool
         Average the network's probabilities over in-plane flips (Y, X, YX): ~4x the inference time
         (``VesselSegLib.inference.test_time_augmentation``). Networks only: other methods refuse it.
@@ -172,6 +177,7 @@ class SegmentationRequest:
     batch_size: int = 2
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"
     test_time_augmentation: bool = False
     min_component_mm3: float | None = None
     microscopy: MicroscopyOptions = field(default_factory=MicroscopyOptions)
@@ -220,6 +226,8 @@ class SegmentationRequest:
         set_field("device", device)
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}.")
         if not isinstance(self.test_time_augmentation, bool):
             raise ValueError(
                 f"test_time_augmentation must be True or False, got {self.test_time_augmentation!r}."
@@ -403,6 +411,7 @@ class SegmentationPlan:
 __all__ = [
     "DEVICES",
     "PRECISIONS",
+    "BACKENDS",
     "MicroscopyOptions",
     "SegmentationPlan",
     "SegmentationRequest",

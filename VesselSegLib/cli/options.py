@@ -15,6 +15,7 @@ from VesselSegLib.errors import CommandError
 from VesselSegLib.preprocessing.presets import MODALITY_PRESETS
 from VesselSegLib.preprocessing.resampling import ResamplingPolicy
 from VesselSegLib.request import (
+    BACKENDS,
     DEVICES,
     PRECISIONS,
     MicroscopyOptions,
@@ -50,6 +51,13 @@ def add_request_options(parser: argparse.ArgumentParser, *, default_modality: st
         choices=PRECISIONS,
         help="auto (default): float16 on CUDA; on a CPU bfloat16 where a one-time probe measures it faster "
         "(see `vesselseg info`), else float32. Only models verified for it run in reduced precision.",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto (default): ONNX Runtime where installed and measured faster at equal output for the "
+        "model on this machine, else PyTorch.",
     )
     parser.add_argument(
         "--patch-size",
@@ -177,6 +185,7 @@ def request_from_args(
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
+        backend=args.backend,
         test_time_augmentation=getattr(args, "tta", False),
         min_component_mm3=getattr(args, "min_component_mm3", None),
         microscopy=microscopy,

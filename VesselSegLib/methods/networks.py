@@ -74,6 +74,27 @@ class NetworkEnsemble(MethodBase):
 
         return predict_probabilities(network, image, **options), {}
 
+    def _backend_for(self, network, patch, plan, device, precision):
+        """``(network to run, BackendChoice)``: ONNX Runtime where ``onnx_backend.choose_backend`` finds it
+        faster at equal output; PyTorch for GPUs, adapted weights and kinds that need more than the logits."""
+        from VesselSegLib.inference.onnx_backend import BackendChoice, choose_backend
+
+        requested = plan.request.backend
+        reason = None
+        if type(self).predict_member is not NetworkEnsemble.predict_member:
+            reason = "this method needs more outputs than the logits"
+        elif str(device) != "cpu":
+            reason = f"device {device}: ONNX Runtime is used on the CPU only"
+        elif plan.request.adaptation_budget_s:
+            reason = "weights adapted in this run: measuring them would cost more than it saves"
+        if reason is not None or requested == "pytorch":
+            if requested == "onnxruntime" and reason is not None:
+                raise ValueError(
+                    f"Backend onnxruntime cannot run this model: {reason}; choose pytorch or auto."
+                )
+            return network, BackendChoice("pytorch", reason or "asked for")
+        return choose_backend(network, patch, requested, precision=precision)
+
     def _image_for(self, member, images: MethodImages):
         """The image a member reads: the input for a plain network, else that of the member's modality."""
         if self.entry.kind == "network" or member.input_modality == images.preset.name:
@@ -106,10 +127,13 @@ class NetworkEnsemble(MethodBase):
         from VesselSegLib.inference.runtime import choose_runtime
 
         runtime = choose_runtime(device, plan.request.precision)
-        probabilities, thresholds, auxiliary, precisions = {}, {}, {}, {}
+        probabilities, thresholds, auxiliary, precisions, backends = {}, {}, {}, {}, {}
         for index, (member, classes) in enumerate(runnable):
             network = self.network_for(member)
             precisions[member.name] = runtime.for_model(member.reduced_precision).precision
+            network, backends[member.name] = self._backend_for(
+                network, plan.patch_size_for(member), plan, device, precisions[member.name]
+            )
             patch = plan.patch_size_for(member)
             divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
             if any(p % d for p, d in zip(patch, divisor, strict=True)):
@@ -146,7 +170,11 @@ class NetworkEnsemble(MethodBase):
             device=str(device),
             model_sha256=self.model_sha256,
             images=auxiliary,
-            runtime={**runtime.as_record(), "precision_by_model": precisions},
+            runtime={
+                **runtime.as_record(),
+                "precision_by_model": precisions,
+                "backend_by_model": {name: choice.as_record() for name, choice in backends.items()},
+            },
         )
 
 

@@ -1,0 +1,142 @@
+"""PyTorch against ONNX Runtime (and OpenVINO, when installed) for the shipped networks, one window each.
+
+    pip install onnx onnxruntime [openvino]       # optional: VesselSeg does not need them
+    python benchmarks/benchmark_backends.py [--models unet3d-baseline vnet-2pm] [--threads 2] [--repeats 5]
+
+Each network of the registry is exported once (``torch.onnx.export``, opset 17, fixed window shape) to a
+temporary folder and run on one window of its registry patch size (``--patch Z Y X`` overrides; a random
+normalised image, batch 1) by:
+
+- PyTorch, float32, channels_last_3d (what ``predict_probabilities`` does on a CPU);
+- PyTorch, float32, contiguous (the layout without oneDNN's blocked kernels);
+- ONNX Runtime CPU execution provider, graph optimisations on, ``--threads`` intra-op threads;
+- OpenVINO CPU (``openvino.compile_model`` of the same ONNX file), if ``import openvino`` works.
+
+Printed: the best of ``--repeats`` runs after one warm-up, Mvoxel/s of the window, the speed ratio to the
+first row, and the largest absolute difference of the logits from PyTorch's (equal output means < 1e-3).
+A backend is worth adopting only where it is faster at equal output on the machine that runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from VesselSegLib.inference.runtime import machine_key
+from VesselSegLib.models.memory_format import set_3d_memory_format
+from VesselSegLib.models.registry import ModelRegistry
+
+DEFAULT_MODELS = ("unet3d-baseline", "vnet-2pm", "umis")
+
+
+def _best_seconds(run, repeats: int) -> float:
+    run()  # warm-up: kernels chosen and compiled, memory allocated
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[dict]:
+    network = entry.load_network().eval()
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *patch), dtype=np.float32))
+    voxels = float(np.prod(patch))
+    rows = []
+
+    def add(backend: str, seconds: float, output: np.ndarray, reference: np.ndarray | None) -> None:
+        diff = float(np.abs(output - reference).max()) if reference is not None else 0.0
+        rows.append(
+            {
+                "model": entry.name,
+                "backend": backend,
+                "s": seconds,
+                "mvox_s": voxels / seconds / 1e6,
+                "max_diff": diff,
+            }
+        )
+
+    # no_grad, not inference_mode: parameters converted to another memory format inside inference_mode
+    # become inference tensors, which the ONNX exporter cannot trace.
+    x_last = x.contiguous(memory_format=torch.channels_last_3d)
+    set_3d_memory_format(network, torch.channels_last_3d)
+    with torch.no_grad():
+        seconds = _best_seconds(lambda: network(x_last), repeats)
+        reference = network(x_last).float().numpy()
+    add("pytorch channels_last_3d", seconds, reference, None)
+    set_3d_memory_format(network, torch.contiguous_format)
+    with torch.no_grad():
+        seconds = _best_seconds(lambda: network(x), repeats)
+        add("pytorch contiguous", seconds, network(x).numpy(), reference)
+
+    onnx_path = folder / f"{entry.name}.onnx"
+    try:
+        torch.onnx.export(
+            network, (x,), str(onnx_path), opset_version=17, dynamo=False, input_names=["image"]
+        )
+    except Exception as error:  # an operator the exporter cannot write: say so, keep the PyTorch rows
+        print(f"{entry.name}: ONNX export failed ({type(error).__name__}: {str(error).splitlines()[0]})")
+        return rows
+    try:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        seconds = _best_seconds(lambda: session.run(None, feed), repeats)
+        add("onnxruntime cpu", seconds, session.run(None, feed)[0], reference)
+    except ImportError:
+        print("onnxruntime is not installed: pip install onnxruntime")
+    try:
+        import openvino
+
+        compiled = openvino.compile_model(str(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        seconds = _best_seconds(lambda: compiled(x.numpy()), repeats)
+        add("openvino cpu", seconds, np.asarray(compiled(x.numpy())[0]), reference)
+    except ImportError:
+        print("openvino is not installed: pip install openvino")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"), help="default: the registry's")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    registry = ModelRegistry.default()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            entry = registry.get(name)
+            patch = tuple(args.patch or entry.patch_size_zyx)
+            rows += bench_model(entry, patch, args.threads, args.repeats, Path(folder))
+    print(f"Machine: {json.dumps(machine_key())}; {args.threads} thread(s); best of {args.repeats}")
+    print()
+    print("| model | window | backend | s | Mvoxel/s | speed vs first row | max abs logit difference |")
+    print("|---|---|---|---|---|---|---|")
+    first: dict[str, float] = {}
+    for row in rows:
+        first.setdefault(row["model"], row["s"])
+        patch = " x ".join(map(str, args.patch or registry.get(row["model"]).patch_size_zyx))
+        print(
+            f"| {row['model']} | {patch} | {row['backend']} | {row['s']:.3f} | {row['mvox_s']:.2f} | "
+            f"{first[row['model']] / row['s']:.2f}x | {row['max_diff']:.1e} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
