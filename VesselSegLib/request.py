@@ -39,9 +39,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: a named precision is used as asked (float16 on CUDA only). Only models verified for a reduced precision
 #: (registry entry ``reduced_precision``) run in it.
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-#: "auto": ONNX Runtime for a float32 network where it is installed and measured faster at equal output on
-#: this machine (``VesselSegLib.inference.onnx_backend``), else PyTorch; or one of them forced.
-BACKENDS = ("auto", "pytorch", "onnxruntime")
+#: "auto": OpenVINO or ONNX Runtime for a float32 network on the CPU where installed and measured faster at
+#: equal output on this machine (``VesselSegLib.inference.onnx_backend``), else PyTorch; or one forced.
+BACKENDS = ("auto", "pytorch", "openvino", "onnxruntime")
 ALL_CLASSES = tuple(VESSEL_CLASS_BY_NAME)
 #: Longest test-time adaptation a request may ask for (s); the UMIS notes cap it at 10 minutes.
 MAX_ADAPTATION_BUDGET_S = 600.0
@@ -144,8 +144,8 @@ class SegmentationRequest:
     device : {"auto", "cpu", "cuda", "mps"}
     precision : {"auto", "float32", "bfloat16", "float16"}
         Autocast precision of the networks; "auto" measures this machine once (see :data:`PRECISIONS`).
-    backend : {"auto", "pytorch", "onnxruntime"}
-        What runs the networks (see :data:`BACKENDS`); ONNX Runtime is an optional install.
+    backend : {"auto", "pytorch", "openvino", "onnxruntime"}
+        What runs the networks (see :data:`BACKENDS`); OpenVINO and ONNX Runtime are optional installs.
     test_time_augmentation : bool
         Average the network's probabilities over in-plane flips (Y, X, YX): ~4x the inference time
         (``VesselSegLib.inference.test_time_augmentation``). Networks only: other methods refuse it.

@@ -56,8 +56,8 @@ def add_request_options(parser: argparse.ArgumentParser, *, default_modality: st
         "--backend",
         default="auto",
         choices=BACKENDS,
-        help="auto (default): ONNX Runtime where installed and measured faster at equal output for the "
-        "model on this machine, else PyTorch.",
+        help="auto (default): OpenVINO or ONNX Runtime where installed and measured faster at equal output "
+        "for the model on this machine (once, cached), else PyTorch.",
     )
     parser.add_argument(
         "--patch-size",

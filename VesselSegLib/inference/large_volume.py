@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from VesselSegLib.inference.onnx_backend import BackendChoice, choose_backend
 from VesselSegLib.inference.runtime import choose_runtime
 from VesselSegLib.inference.sliding_window import CancelCheck, ProgressCallback, resolve_device
 from VesselSegLib.inference.streaming import (
@@ -231,6 +232,14 @@ def segment_large_volume(
         resolved_device = resolve_device(request.device)
         runtime = choose_runtime(resolved_device, request.precision)
         precision = runtime.for_model(entry.reduced_precision).precision
+        if resolved_device.type == "cpu":
+            network, backend = choose_backend(network, patch, request.backend, precision=precision)
+        elif request.backend not in ("auto", "pytorch"):
+            raise ValueError(
+                f"Backend {request.backend} runs on the CPU only here; choose pytorch or auto, or --device cpu."
+            )
+        else:
+            backend = BackendChoice("pytorch", f"device {resolved_device}")
         divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
         tiles = plan_stream_tiles(
             source.shape,
@@ -279,7 +288,11 @@ def segment_large_volume(
         "method_display_name": entry.display_name,
         "model_sha256": entry.sha256,
         "device": str(resolved_device),
-        "runtime": {**runtime.as_record(), "precision_by_model": {entry.name: precision}},
+        "runtime": {
+            **runtime.as_record(),
+            "precision_by_model": {entry.name: precision},
+            "backend_by_model": {entry.name: backend.as_record()},
+        },
         "vessel_classes": kept,
         "thresholds": {name: thresholds.get(name, 0.5) for name in kept},
         "voxel_count": {name: counts[name] for name in kept},

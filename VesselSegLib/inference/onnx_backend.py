@@ -1,18 +1,20 @@
-"""ONNX Runtime as an optional inference backend, used for a model only where it is measured faster at equal
-output on the machine that runs it.
+"""ONNX Runtime and OpenVINO as optional inference backends, used for a model only where one is measured faster
+than PyTorch at equal output on the machine that runs it.
 
-PyTorch's CPU convolutions are not the fastest on every CPU: on CPUs without AVX-512 oneDNN's 3D kernels run
-several times slower than ONNX Runtime's (``benchmarks/benchmark_backends.py``). ONNX Runtime is optional
-(``pip install onnxruntime onnx``, or the ``[fast]`` extra); without it nothing changes.
+PyTorch's CPU convolutions are not the fastest on every CPU: on CPUs without AVX-512, OpenVINO's and ONNX
+Runtime's 3D kernels ran the shipped networks up to several times faster (``benchmarks/benchmark_backends.py``).
+Both are optional (``pip install openvino onnx`` or ``onnxruntime onnx``; the ``[fast]`` extra installs all
+three); without them nothing changes.
 
-For a network in float32, at first use on a machine (:func:`choose_backend`):
+For a network in float32 on the CPU, at first use on a machine (:func:`choose_backend`):
 
 1. the network is exported once (``torch.onnx.export``, opset 17, batch and window axes dynamic: a volume
    smaller than the patch gives smaller windows) to ``$VESSELSEG_CACHE_DIR/onnx/<weights hash>.onnx``
-   (written whole or not at all);
-2. one window of random input runs through both; the ONNX output must equal PyTorch's within
-   :data:`MAX_LOGIT_DIFFERENCE`, and ONNX Runtime must be at least :data:`MIN_SPEEDUP` times faster (best of
-   :data:`REPEATS` runs after a warm-up each);
+   (written whole or not at all); both backends load that file;
+2. one window of random input runs through PyTorch (the faster of channels_last_3d and contiguous) and each
+   installed backend; a backend counts only if its logits equal PyTorch's within
+   :data:`MAX_LOGIT_DIFFERENCE`, and the fastest is chosen if it is at least :data:`MIN_SPEEDUP` times
+   faster than PyTorch (best of :data:`REPEATS` runs after a warm-up each);
 3. the decision, its timings and the reason are cached per weights, window and machine, so later runs only
    read them.
 
@@ -23,9 +25,11 @@ network's file. Methods that need more than the logits (ROSE's super-resolved im
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,51 +42,55 @@ from VesselSegLib.request import BACKENDS
 
 logger = logging.getLogger(__name__)
 
+#: Backends that run the exported ONNX file, in the order they are tried.
+EXPORTED_BACKENDS = ("openvino", "onnxruntime")
 MIN_SPEEDUP = 1.15
 MAX_LOGIT_DIFFERENCE = 1e-3
 REPEATS = 2
 OPSET = 17
-#: Attributes the sliding window reads from a network, copied onto the ONNX wrapper.
+#: Attributes the sliding window reads from a network, copied onto the exported twin.
 _NETWORK_ATTRIBUTES = ("output_scale_zyx", "size_divisor_zyx")
+_INSTALL = {"onnxruntime": "pip install onnxruntime onnx", "openvino": "pip install openvino onnx"}
+
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """Which backend runs one network, why, and the measured seconds per window (empty if not measured)."""
+    """Which backend runs one network, why, the measured seconds per window (empty if not measured) and
+    the largest difference of each exported backend's logits from PyTorch's."""
 
     backend: str
     reason: str
     timings_s: dict[str, float] = field(default_factory=dict)
-    max_logit_difference: float | None = None
+    max_logit_difference: dict[str, float] = field(default_factory=dict)
 
     def as_record(self) -> dict:
         return asdict(self)
 
 
-class OnnxRuntimeNetwork(nn.Module):
-    """An ONNX Runtime session that the sliding window calls like the PyTorch network it was exported from:
+class ExportedNetwork(nn.Module):
+    """An exported network that the sliding window calls like the PyTorch network it came from:
     ``(B, 1, z, y, x)`` float32 tensor in, logits tensor out (CPU)."""
 
-    def __init__(self, session, source: nn.Module) -> None:
+    def __init__(self, runner: Runner, source: nn.Module, backend: str) -> None:
         super().__init__()
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
+        self.runner = runner
+        self.backend = backend
         for name in _NETWORK_ATTRIBUTES:
             if hasattr(source, name):
                 setattr(self, name, getattr(source, name))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         array = image.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        return torch.from_numpy(np.ascontiguousarray(self.runner(array), dtype=np.float32))
 
 
-def onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def available_backends() -> tuple[str, ...]:
+    """The exported backends installed here (each also needs the ``onnx`` package, which the exporter uses)."""
+    if importlib.util.find_spec("onnx") is None:
+        return ()
+    return tuple(name for name in EXPORTED_BACKENDS if importlib.util.find_spec(name) is not None)
 
 
 def weights_hash(network: nn.Module) -> str:
@@ -93,14 +101,30 @@ def weights_hash(network: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _session(onnx_file: Path):
-    import onnxruntime
+def load_runner(backend: str, onnx_file: Path) -> Runner:
+    """A function from a ``(B, 1, z, y, x)`` float32 array to the logits, run by ``backend`` on the CPU with
+    PyTorch's thread count."""
+    threads = max(1, torch.get_num_threads())
+    if backend == "onnxruntime":
+        import onnxruntime
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = max(1, torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    return onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda array: session.run(None, {name: array})[0]
+    if backend == "openvino":
+        import openvino
+
+        # float32 inference: without the hint OpenVINO may run bfloat16 on CPUs that have it.
+        compiled = openvino.compile_model(
+            str(onnx_file), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+        )
+        output = compiled.output(0)
+        return lambda array: np.asarray(compiled(array)[output])
+    raise ValueError(f"Unknown exported backend {backend!r}; choose one of {', '.join(EXPORTED_BACKENDS)}.")
 
 
 def export_network(network: nn.Module, window_zyx: tuple[int, int, int], onnx_file: Path) -> None:
@@ -164,15 +188,17 @@ def _store_decision(key: str, choice: BackendChoice) -> None:
         logger.info("Backend choice not cached (%s); it is measured again next time.", error)
 
 
-def measure(network: nn.Module, session, window_zyx: tuple[int, int, int]) -> BackendChoice:
+def measure(
+    network: nn.Module, runners: dict[str, Runner], window_zyx: tuple[int, int, int]
+) -> BackendChoice:
     """Time one window of random input in PyTorch (channels_last_3d and contiguous, the faster counts) and
-    ONNX Runtime; compare their logits; choose."""
+    in each runner; compare their logits with PyTorch's; choose."""
     from VesselSegLib.models.memory_format import set_3d_memory_format
 
     x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *window_zyx), dtype=np.float32))
-    feed = {session.get_inputs()[0].name: x.numpy()}
+    array = x.numpy()
     network.eval()
-    timings = {}
+    timings: dict[str, float] = {}
     with torch.no_grad():
         set_3d_memory_format(network, torch.contiguous_format)
         reference = network(x).float().numpy()
@@ -180,62 +206,76 @@ def measure(network: nn.Module, session, window_zyx: tuple[int, int, int]) -> Ba
         set_3d_memory_format(network, torch.channels_last_3d)
         x_last = x.contiguous(memory_format=torch.channels_last_3d)
         timings["pytorch"] = min(timings["pytorch"], _best_seconds(lambda: network(x_last)))
-    timings["onnxruntime"] = _best_seconds(lambda: session.run(None, feed))
-    difference = float(np.abs(session.run(None, feed)[0] - reference).max())
-    speedup = timings["pytorch"] / timings["onnxruntime"]
-    if difference > MAX_LOGIT_DIFFERENCE:
-        return BackendChoice("pytorch", f"ONNX output differs by {difference:.1e}", timings, difference)
+    differences = {}
+    for name, run in runners.items():
+        timings[name] = _best_seconds(lambda run=run: run(array))
+        differences[name] = float(np.abs(run(array) - reference).max())
+    equal = [name for name in runners if differences[name] <= MAX_LOGIT_DIFFERENCE]
+    if not equal:
+        worst = ", ".join(f"{name} by {differences[name]:.1e}" for name in runners)
+        return BackendChoice("pytorch", f"exported output differs ({worst})", timings, differences)
+    fastest = min(equal, key=timings.__getitem__)
+    speedup = timings["pytorch"] / timings[fastest]
     if speedup < MIN_SPEEDUP:
-        return BackendChoice("pytorch", f"ONNX Runtime only {speedup:.2f}x PyTorch", timings, difference)
-    return BackendChoice(
-        "onnxruntime", f"ONNX Runtime {speedup:.2f}x faster than PyTorch", timings, difference
-    )
+        return BackendChoice("pytorch", f"{fastest} only {speedup:.2f}x PyTorch", timings, differences)
+    return BackendChoice(fastest, f"{fastest} {speedup:.2f}x faster than PyTorch", timings, differences)
 
 
 def choose_backend(
     network: nn.Module, window_zyx, requested: str = "auto", *, precision: str = "float32"
 ) -> tuple[nn.Module, BackendChoice]:
-    """The network to run (``network`` itself or its ONNX Runtime twin) and why.
+    """The network to run (``network`` itself or its exported twin) and why.
 
-    ``requested``: "pytorch" keeps PyTorch; "onnxruntime" uses ONNX Runtime whatever the timing (still
-    refused if its output differs); "auto" measures once per weights, window and machine (module docstring).
-    Only float32 networks are exported, and only ``forward`` (the logits): callers that need another output
-    (ROSE's ``forward_all``) keep PyTorch.
+    ``requested``: "pytorch" keeps PyTorch; "onnxruntime" or "openvino" uses that backend whatever the timing
+    (still refused if its output differs); "auto" measures once per weights, window and machine (module
+    docstring). Only float32 networks are exported, and only ``forward`` (the logits).
 
     Raises
     ------
     ValueError
-        An unknown backend, or "onnxruntime" asked for where it cannot run, with the fix.
+        An unknown backend, or a named one that cannot run here, with the fix.
     """
     if requested not in BACKENDS:
         raise ValueError(f"Unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
-    window = tuple(int(w) for w in window_zyx)
     if requested == "pytorch":
         return network, BackendChoice("pytorch", "asked for")
+    window = tuple(int(w) for w in window_zyx)
+    installed = available_backends()
+    wanted = installed if requested == "auto" else (requested,)
     reason = None
-    if not onnxruntime_available():
-        reason = "ONNX Runtime is not installed (pip install onnxruntime onnx)"
+    if requested != "auto" and requested not in installed:
+        reason = f"{requested} is not installed ({_INSTALL[requested]})"
+    elif not installed:
+        reason = "neither OpenVINO nor ONNX Runtime is installed (pip install openvino onnx)"
     elif precision != "float32":
-        reason = f"precision {precision}: ONNX Runtime runs float32 only here"
+        reason = f"precision {precision}: the exported backends run float32 only here"
     if reason is not None:
-        if requested == "onnxruntime":
-            raise ValueError(f"Backend onnxruntime cannot run this model: {reason}; choose pytorch or auto.")
+        if requested != "auto":
+            raise ValueError(f"Backend {requested} cannot run this model: {reason}; choose pytorch or auto.")
         return network, BackendChoice("pytorch", reason)
     digest = weights_hash(network)
     onnx_file = cache_path().parent / "onnx" / f"{digest[:32]}.onnx"
-    key = json.dumps({"weights": digest, "window": window, "machine": machine_key()}, sort_keys=True)
+    key = json.dumps(
+        {"weights": digest, "window": window, "backends": list(wanted), "machine": machine_key()},
+        sort_keys=True,
+    )
     cached = _read_decisions().get(key)
-    if requested == "auto" and cached is not None and cached.get("backend") == "pytorch":
-        return network, BackendChoice(**cached)
+    if cached is not None and cached.get("backend") == "pytorch":
+        choice = BackendChoice(**cached)
+        if requested != "auto":
+            raise ValueError(
+                f"Backend {requested} cannot run this model: {choice.reason}; choose pytorch or auto."
+            )
+        return network, choice
     try:
         if not onnx_file.is_file():
             export_network(network, window, onnx_file)
-        session = _session(onnx_file)
-    except Exception as error:  # noqa: BLE001 - any exporter or runtime failure means: stay on PyTorch
-        message = f"ONNX export or load failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-        if requested == "onnxruntime":
+        runners = {name: load_runner(name, onnx_file) for name in wanted}
+    except Exception as error:  # noqa: BLE001 - any exporter or loader failure means: stay on PyTorch
+        message = f"export or load failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+        if requested != "auto":
             raise ValueError(
-                f"Backend onnxruntime cannot run this model: {message}; choose pytorch or auto."
+                f"Backend {requested} cannot run this model: {message}; choose pytorch or auto."
             ) from None
         choice = BackendChoice("pytorch", message)
         _store_decision(key, choice)
@@ -243,18 +283,25 @@ def choose_backend(
     if cached is not None:
         choice = BackendChoice(**cached)
     else:
-        choice = measure(network, session, window)
+        choice = measure(network, runners, window)
+        if requested != "auto" and choice.backend == "pytorch" and "differs" not in choice.reason:
+            choice = BackendChoice(requested, "asked for", choice.timings_s, choice.max_logit_difference)
         _store_decision(key, choice)
         logger.info("Backend for this model: %s (%s).", choice.backend, choice.reason)
-    if requested == "onnxruntime" and choice.max_logit_difference is not None:
-        if choice.max_logit_difference > MAX_LOGIT_DIFFERENCE:
+    if choice.backend == "pytorch":
+        if requested != "auto":
             raise ValueError(
-                f"Backend onnxruntime cannot run this model: {choice.reason}; choose pytorch or auto."
+                f"Backend {requested} cannot run this model: {choice.reason}; choose pytorch or auto."
             )
-        choice = BackendChoice("onnxruntime", "asked for", choice.timings_s, choice.max_logit_difference)
-    if choice.backend != "onnxruntime":
         return network, choice
-    return OnnxRuntimeNetwork(session, network), choice
+    return ExportedNetwork(runners[choice.backend], network, choice.backend), choice
 
 
-__all__ = ["BACKENDS", "BackendChoice", "OnnxRuntimeNetwork", "choose_backend", "onnxruntime_available"]
+__all__ = [
+    "BackendChoice",
+    "EXPORTED_BACKENDS",
+    "ExportedNetwork",
+    "available_backends",
+    "choose_backend",
+    "load_runner",
+]

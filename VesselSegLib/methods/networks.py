@@ -75,8 +75,8 @@ class NetworkEnsemble(MethodBase):
         return predict_probabilities(network, image, **options), {}
 
     def _backend_for(self, network, patch, plan, device, precision):
-        """``(network to run, BackendChoice)``: ONNX Runtime where ``onnx_backend.choose_backend`` finds it
-        faster at equal output; PyTorch for GPUs, adapted weights and kinds that need more than the logits."""
+        """``(network to run, BackendChoice)``: an exported backend where ``onnx_backend.choose_backend`` finds
+        it faster at equal output; PyTorch for GPUs, adapted weights and kinds that need more than the logits."""
         from VesselSegLib.inference.onnx_backend import BackendChoice, choose_backend
 
         requested = plan.request.backend
@@ -84,13 +84,13 @@ class NetworkEnsemble(MethodBase):
         if type(self).predict_member is not NetworkEnsemble.predict_member:
             reason = "this method needs more outputs than the logits"
         elif str(device) != "cpu":
-            reason = f"device {device}: ONNX Runtime is used on the CPU only"
+            reason = f"device {device}: the exported backends run on the CPU only"
         elif plan.request.adaptation_budget_s:
             reason = "weights adapted in this run: measuring them would cost more than it saves"
         if reason is not None or requested == "pytorch":
-            if requested == "onnxruntime" and reason is not None:
+            if requested not in ("auto", "pytorch"):
                 raise ValueError(
-                    f"Backend onnxruntime cannot run this model: {reason}; choose pytorch or auto."
+                    f"Backend {requested} cannot run this model: {reason}; choose pytorch or auto."
                 )
             return network, BackendChoice("pytorch", reason or "asked for")
         return choose_backend(network, patch, requested, precision=precision)
