@@ -1,11 +1,17 @@
 """End-to-end speed and peak memory of ``vesselseg segment`` (read, infer, write) on a TOF-MRA phantom.
 
     python benchmarks/benchmark_segment.py [--shape 128 448 448] [--methods unet3d-baseline frangi] [--device cpu]
+        [--backends pytorch openvino onnxruntime]
 
 Each method runs in its own ``vesselseg segment`` process, so the peak resident memory measured is that of
 the whole command (``os.wait4`` gives each child's own rusage). Scores against the phantom's labels are
 computed afterwards from the written ``labels.nii.gz``, outside the timed run. 448 x 448 x 128 is
 the size of the TubeTK MRA volumes the VC-Net paper uses.
+
+``--backends``: each network method runs once per backend (``--backend`` of the command; filters once), and
+"Dice vs first" compares its vessel map with the first backend's, so a faster backend shows it keeps the
+output. Each run starts with a fresh backend cache (a first use measures and exports; its time is in the
+row), then runs again with that cache: both rows are printed ("first use" and "cached").
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 
 
-def _run_method(input_path: Path, method: str, out: Path, device: str) -> dict:
+def _run_method(input_path: Path, method: str, out: Path, device: str, backend: str, cache: Path) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -43,8 +49,11 @@ def _run_method(input_path: Path, method: str, out: Path, device: str) -> dict:
         str(out),
         "--device",
         device,
+        "--backend",
+        backend,
         "--quiet",
     ]
+    os.environ["VESSELSEG_CACHE_DIR"] = str(cache)  # the child's runtime and backend caches
     run = run_measured(command, method)
     summary = json.loads((out / "summary.json").read_text())
     return {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"], "summary": summary}
@@ -72,6 +81,9 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--backends", nargs="+", default=["pytorch"], help="pytorch, openvino, onnxruntime, auto"
+    )
     args = parser.parse_args()
     registry = ModelRegistry.default()
     methods = args.methods or list(dict.fromkeys([registry.default_for("TOF-MRA").name, "frangi"]))
@@ -87,10 +99,26 @@ def main() -> None:
         voxels = int(np.prod(args.shape))
         rows = []
         for method in methods:
-            run = _run_method(input_path, method, folder / f"out-{method}", args.device)
-            summary = run["summary"]
-            metrics = _score(folder / f"out-{method}", case.class_map, summary["vessel_classes"])
-            rows.append((method, run["wall_s"], summary["run_time_s"], run["peak_rss_mib"], metrics))
+            is_network = registry.get(method).kind in ("network", "ensemble")
+            first_map = None
+            for backend in args.backends if is_network else args.backends[:1]:
+                cache = folder / f"cache-{method}-{backend}"
+                for run_name in ("first use", "cached") if backend != "pytorch" and is_network else ("",):
+                    out = folder / f"out-{method}-{backend}-{run_name.replace(' ', '-')}"
+                    run = _run_method(input_path, method, out, args.device, backend, cache)
+                    summary = run["summary"]
+                    metrics = _score(out, case.class_map, summary["vessel_classes"])
+                    vessel_map = read_volume(out / "labels.nii.gz").array > 0
+                    first_map = vessel_map if first_map is None else first_map
+                    metrics["agreement"] = dice(vessel_map, first_map)
+                    ran = (summary.get("runtime") or {}).get("backend_by_model", {})
+                    label = (
+                        method
+                        if not is_network
+                        else f"{method} [{'/'.join(sorted({c['backend'] for c in ran.values()}) or [backend])}]"
+                    )
+                    label += f" {run_name}" if run_name else ""
+                    rows.append((label, run["wall_s"], summary["run_time_s"], run["peak_rss_mib"], metrics))
 
     print(
         f"# vesselseg segment on a {' x '.join(map(str, args.shape))} TOF-MRA phantom (seed {args.seed}), "
@@ -99,9 +127,9 @@ def main() -> None:
     )
     print(
         "| method | wall s (process) | start-up s | read s | segment s | scene + models s | write s | Mvoxel/s (wall) | peak RSS MiB |"
-        " Dice vessel | clDice vessel | Dice artery | Dice vein | Dice micro |"
+        " Dice vessel | clDice vessel | Dice artery | Dice vein | Dice micro | Dice vs first |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method, wall, times, peak, metrics in rows:
         vessel = metrics.get("vessel", {})
         per_class = [
@@ -112,7 +140,7 @@ def main() -> None:
             f"{times['scene_and_models']:.1f} | {times['write']:.1f} | {voxels / wall / 1e6:.2f} | {peak:.0f} | "
             f"{vessel.get('dice', float('nan')):.3f} | {vessel.get('cldice', float('nan')):.3f} | "
             + " | ".join(per_class)
-            + " |"
+            + f" | {metrics['agreement']:.4f} |"
         )
 
 

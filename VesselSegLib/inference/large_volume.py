@@ -233,7 +233,8 @@ def segment_large_volume(
         runtime = choose_runtime(resolved_device, request.precision)
         precision = runtime.for_model(entry.reduced_precision).precision
         if resolved_device.type == "cpu":
-            network, backend = choose_backend(network, patch, request.backend, precision=precision)
+            window = tuple(min(p, s) for p, s in zip(patch, source.shape, strict=True))
+            network, backend = choose_backend(network, window, request.backend, precision=precision)
         elif request.backend not in ("auto", "pytorch"):
             raise ValueError(
                 f"Backend {request.backend} runs on the CPU only here; choose pytorch or auto, or --device cpu."

@@ -11,8 +11,8 @@ For a network in float32 on the CPU, at first use on a machine (:func:`choose_ba
 1. the network is exported once (``torch.onnx.export``, opset 17, batch and window axes dynamic: a volume
    smaller than the patch gives smaller windows) to ``$VESSELSEG_CACHE_DIR/onnx/<weights hash>.onnx``
    (written whole or not at all); both backends load that file;
-2. one window of random input runs through PyTorch (the faster of channels_last_3d and contiguous) and each
-   installed backend; a backend counts only if its logits equal PyTorch's within
+2. one window of random input (the window the run will use: the patch, or the volume where smaller) runs
+   through PyTorch (channels_last_3d, as the sliding window runs it) and each installed backend; a backend counts only if its logits equal PyTorch's within
    :data:`MAX_LOGIT_DIFFERENCE`, and the fastest is chosen if it is at least :data:`MIN_SPEEDUP` times
    faster than PyTorch (best of :data:`REPEATS` runs after a warm-up each);
 3. the decision, its timings and the reason are cached per weights, window and machine, so later runs only
@@ -191,21 +191,19 @@ def _store_decision(key: str, choice: BackendChoice) -> None:
 def measure(
     network: nn.Module, runners: dict[str, Runner], window_zyx: tuple[int, int, int]
 ) -> BackendChoice:
-    """Time one window of random input in PyTorch (channels_last_3d and contiguous, the faster counts) and
-    in each runner; compare their logits with PyTorch's; choose."""
+    """Time one window of random input in PyTorch (channels_last_3d, as the sliding window runs it) and in
+    each runner; compare their logits with PyTorch's; choose."""
     from VesselSegLib.models.memory_format import set_3d_memory_format
 
     x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *window_zyx), dtype=np.float32))
     array = x.numpy()
     network.eval()
     timings: dict[str, float] = {}
-    with torch.no_grad():
-        set_3d_memory_format(network, torch.contiguous_format)
-        reference = network(x).float().numpy()
-        timings["pytorch"] = _best_seconds(lambda: network(x))
+    with torch.no_grad():  # as predict_probabilities runs it on a CPU: channels_last_3d
         set_3d_memory_format(network, torch.channels_last_3d)
         x_last = x.contiguous(memory_format=torch.channels_last_3d)
-        timings["pytorch"] = min(timings["pytorch"], _best_seconds(lambda: network(x_last)))
+        timings["pytorch"] = _best_seconds(lambda: network(x_last))
+        reference = network(x_last).float().numpy()
     differences = {}
     for name, run in runners.items():
         timings[name] = _best_seconds(lambda run=run: run(array))

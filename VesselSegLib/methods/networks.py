@@ -131,8 +131,12 @@ class NetworkEnsemble(MethodBase):
         for index, (member, classes) in enumerate(runnable):
             network = self.network_for(member)
             precisions[member.name] = runtime.for_model(member.reduced_precision).precision
+            member_image = self._image_for(member, images)
+            window = tuple(
+                min(p, s) for p, s in zip(plan.patch_size_for(member), member_image.shape, strict=True)
+            )
             network, backends[member.name] = self._backend_for(
-                network, plan.patch_size_for(member), plan, device, precisions[member.name]
+                network, window, plan, device, precisions[member.name]
             )
             patch = plan.patch_size_for(member)
             divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
