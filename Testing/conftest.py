@@ -18,16 +18,20 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session", autouse=True)
 def runtime_cache(tmp_path_factory):
-    """The runtime probe's cache in a folder of this test session, never the user's ~/.cache (subprocesses
-    inherit it through the environment)."""
+    """The runtime probe's and backends' cache in a folder of this test session, never the user's ~/.cache;
+    exported backends off (subprocesses inherit both through the environment)."""
     folder = tmp_path_factory.mktemp("vesselseg-cache")
-    previous = os.environ.get("VESSELSEG_CACHE_DIR")
-    os.environ["VESSELSEG_CACHE_DIR"] = str(folder)
+    # PyTorch runs every network unless a test asks for an exported backend (Testing/test_onnx_backend.py):
+    # "auto" would otherwise measure each test's model and window, and outputs would depend on timings.
+    settings = {"VESSELSEG_CACHE_DIR": str(folder), "VESSELSEG_EXPORTED_BACKENDS": ""}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     yield folder
-    if previous is None:
-        os.environ.pop("VESSELSEG_CACHE_DIR", None)
-    else:
-        os.environ["VESSELSEG_CACHE_DIR"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

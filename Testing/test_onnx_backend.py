@@ -27,6 +27,7 @@ WINDOW = (8, 32, 32)
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VESSELSEG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("VESSELSEG_EXPORTED_BACKENDS", "openvino,onnxruntime")  # conftest turns them off
     runtime.forget_choices()
     yield tmp_path
     runtime.forget_choices()
@@ -118,7 +119,7 @@ def test_pytorch_is_kept_where_no_backend_can_help_and_forcing_one_there_is_refu
     with pytest.raises(ValueError, match="Unknown backend 'tensorrt'"):
         onnx_backend.choose_backend(network, WINDOW, "tensorrt")
     assert onnx_backend.choose_backend(network, WINDOW, "pytorch")[1].reason == "asked for"
-    monkeypatch.setattr(onnx_backend, "available_backends", lambda: ())
+    monkeypatch.setenv("VESSELSEG_EXPORTED_BACKENDS", "")  # as if neither were installed
     assert onnx_backend.choose_backend(network, WINDOW, "auto")[1].reason.startswith("neither OpenVINO")
     with pytest.raises(ValueError, match="openvino is not installed"):
         onnx_backend.choose_backend(network, WINDOW, "openvino")

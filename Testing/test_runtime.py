@@ -127,7 +127,9 @@ def test_every_model_listed_for_bfloat16_keeps_its_class_map_within_0_002_dice(n
             precision: segment_image(
                 case.image,
                 case.spacing_zyx,
-                SegmentationRequest(modality=modality, method=name, device="cpu", precision=precision),
+                SegmentationRequest(
+                    modality=modality, method=name, device="cpu", precision=precision, backend="pytorch"
+                ),
                 brain_mask=case.brain_mask,
                 registry=registry,
             )

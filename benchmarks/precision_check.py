@@ -6,7 +6,7 @@
 For every network of the registry and each modality it reads, phantoms of that modality (seeds 5001-5002,
 never trained on; 2PM with physical vessel radii at 5 x 1 x 1 um, MRA at the model's voxel size, SWI with its
 brain mask) are segmented through ``segment_image`` with ``precision="float32"`` and ``"bfloat16"`` (CPU
-autocast). Per class the model gives: Dice against the phantom's truth in each precision (2PM truth: any
+autocast, PyTorch backend in both). Per class the model gives: Dice against the phantom's truth in each precision (2PM truth: any
 vessel) and the change. A model passes when no class changes by more than ``runtime.MAX_DICE_CHANGE``
 (0.002) on any phantom; ``--write-registry`` then lists ``"bfloat16"`` in its ``reduced_precision`` (and
 removes it from models that fail), which is what lets ``precision="auto"`` run it in bfloat16 on CPUs whose
@@ -62,7 +62,7 @@ def check_model(entry, registry, modality: str, shape_zyx, seeds) -> list[dict]:
         if index == 0:  # warm-up: load the weights and let oneDNN pick its kernels before anything is timed
             for precision in ("float32", "bfloat16"):
                 request = SegmentationRequest(
-                    modality=modality, method=entry.name, device="cpu", precision=precision
+                    modality=modality, method=entry.name, device="cpu", precision=precision, backend="pytorch"
                 )
                 segment_image(
                     case.image, case.spacing_zyx, request, brain_mask=case.brain_mask, registry=registry
@@ -70,7 +70,7 @@ def check_model(entry, registry, modality: str, shape_zyx, seeds) -> list[dict]:
         results, seconds = {}, {}
         for precision in ("float32", "bfloat16"):
             request = SegmentationRequest(
-                modality=modality, method=entry.name, device="cpu", precision=precision
+                modality=modality, method=entry.name, device="cpu", precision=precision, backend="pytorch"
             )
             started = time.perf_counter()
             results[precision] = segment_image(

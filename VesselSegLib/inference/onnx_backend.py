@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,8 @@ REPEATS = 2
 OPSET = 17
 #: Attributes the sliding window reads from a network, copied onto the exported twin.
 _NETWORK_ATTRIBUTES = ("output_scale_zyx", "size_divisor_zyx")
+#: Environment variable restricting the exported backends "auto" and a named backend may use.
+ALLOWED_BACKENDS_VARIABLE = "VESSELSEG_EXPORTED_BACKENDS"
 _INSTALL = {"onnxruntime": "pip install onnxruntime onnx", "openvino": "pip install openvino onnx"}
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -87,10 +90,15 @@ class ExportedNetwork(nn.Module):
 
 
 def available_backends() -> tuple[str, ...]:
-    """The exported backends installed here (each also needs the ``onnx`` package, which the exporter uses)."""
+    """The exported backends installed here (each also needs the ``onnx`` package, which the exporter uses),
+    restricted to ``$VESSELSEG_EXPORTED_BACKENDS`` when set (comma-separated; empty: PyTorch only)."""
     if importlib.util.find_spec("onnx") is None:
         return ()
-    return tuple(name for name in EXPORTED_BACKENDS if importlib.util.find_spec(name) is not None)
+    allowed = os.environ.get(ALLOWED_BACKENDS_VARIABLE)
+    names = EXPORTED_BACKENDS if allowed is None else [n.strip() for n in allowed.split(",") if n.strip()]
+    return tuple(
+        name for name in EXPORTED_BACKENDS if name in names and importlib.util.find_spec(name) is not None
+    )
 
 
 def weights_hash(network: nn.Module) -> str:
@@ -242,7 +250,7 @@ def choose_backend(
     wanted = installed if requested == "auto" else (requested,)
     reason = None
     if requested != "auto" and requested not in installed:
-        reason = f"{requested} is not installed ({_INSTALL[requested]})"
+        reason = f"{requested} is not installed ({_INSTALL[requested]}) or not allowed by ${ALLOWED_BACKENDS_VARIABLE}"
     elif not installed:
         reason = "neither OpenVINO nor ONNX Runtime is installed (pip install openvino onnx)"
     elif precision != "float32":
