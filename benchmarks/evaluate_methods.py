@@ -1,11 +1,13 @@
 """Score registry methods on the phantom test set and on held-out VesselNN cases, with the same code.
 
     python benchmarks/evaluate_methods.py [--methods unet3d-baseline frangi] [--json scores.json]
+        [--renderings as-rendered noisy strong-bias low-contrast thick-slices]
 
 Phantom test set: TOF-MRA phantoms with seeds never used in training (``TEST_SEEDS``), scored per class
 (artery, vein, micro) and for all vessels. VesselNN: the held-out two-photon case(s), binary labels, scored
 as "vessel" (any class) with the 2PM preset. Prints a Markdown table; ``--json`` also writes the numbers
-for the model card.
+for the model card. ``--renderings`` adds the same phantoms shifted to protocols the training renderer never
+draws (``benchmarks/rendering_shifts.py``), reported as ``phantom_tof_mra_<shift>``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rendering_shifts import AS_RENDERED, RENDERINGS, shift_rendering
 
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.io import read_volume
@@ -38,12 +41,14 @@ def _mean(values):
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def evaluate_phantoms(method: str, registry: ModelRegistry) -> dict[str, dict[str, float]]:
+def evaluate_phantoms(
+    method: str, registry: ModelRegistry, rendering: str = AS_RENDERED
+) -> dict[str, dict[str, float]]:
     per_case = []
     for seed in TEST_SEEDS:
         case = make_phantom_case("TOF-MRA", TEST_SHAPE_ZYX, seed=seed)
         result = segment_image(
-            case.image,
+            shift_rendering(case.image, case.brain_mask, rendering, seed),
             case.spacing_zyx,
             SegmentationRequest(modality="TOF-MRA", method=method, device="cpu"),
             registry=registry,
@@ -88,6 +93,7 @@ def main() -> None:
         "--vesselnn", type=Path, default=None, help="VesselNN folder (default $VESSELSEG_VESSELNN)."
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--renderings", nargs="+", choices=RENDERINGS, default=[AS_RENDERED])
     parser.add_argument(
         "--update-cards",
         action="store_true",
@@ -102,7 +108,9 @@ def main() -> None:
         started = time.perf_counter()
         report[method] = {}
         if "TOF-MRA" in registry.get(method).modalities:  # 2PM-only models skip the TOF-MRA phantoms
-            report[method]["phantom_tof_mra"] = evaluate_phantoms(method, registry)
+            for rendering in args.renderings:
+                key = "phantom_tof_mra" if rendering == AS_RENDERED else f"phantom_tof_mra_{rendering}"
+                report[method][key] = evaluate_phantoms(method, registry, rendering)
         if root.is_dir() and "2PM" in registry.get(method).modalities:
             report[method]["vesselnn"] = evaluate_vesselnn(method, registry, root)
         report[method]["seconds"] = time.perf_counter() - started
@@ -111,8 +119,13 @@ def main() -> None:
     print("| method | class | " + " | ".join(METRICS) + " |")
     print("|---|---|" + "---|" * len(METRICS))
     for method, scores in report.items():
-        for key, values in scores.get("phantom_tof_mra", {}).items():
-            print(f"| {method} | {key} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
+        for test_set, classes in scores.items():
+            if not test_set.startswith("phantom_tof_mra"):
+                continue
+            shift = test_set.removeprefix("phantom_tof_mra").lstrip("_")
+            for key, values in classes.items():
+                label = f"{key} ({shift})" if shift else key
+                print(f"| {method} | {label} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
     if any("vesselnn" in s for s in report.values()):
         print(f"\n# VesselNN held-out case(s) {VESSELNN_HELD_OUT}, 2PM preset, all vessels")
         print("| method | case | " + " | ".join(METRICS) + " |")
@@ -128,7 +141,22 @@ def main() -> None:
 
 def _update_cards(report: dict, registry: ModelRegistry) -> None:
     """Add the test-set scores of each network, and of every other method evaluated, to its card."""
-    command = "python benchmarks/evaluate_methods.py " + " ".join(["--methods", *report, "--update-cards"])
+    renderings = sorted(
+        {
+            k.removeprefix("phantom_tof_mra_")
+            for s in report.values()
+            for k in s
+            if k.startswith("phantom_tof_mra_")
+        }
+    )
+    command = "python benchmarks/evaluate_methods.py " + " ".join(
+        [
+            "--methods",
+            *report,
+            *(["--renderings", AS_RENDERED, *renderings] if renderings else []),
+            "--update-cards",
+        ]
+    )
     for method in report:
         entry = registry.get(method)
         if entry.kind != "network" or entry.card_path is None:

@@ -52,6 +52,8 @@ def phantom_for(modality: str, entry, shape_zyx, seed: int):
 def class_dice(result, case, class_name: str, modality: str) -> float:
     label = VESSEL_CLASS_BY_NAME[class_name].label_value
     truth = case.class_map > 0 if modality == "2PM" else case.class_map == label
+    for axis, (fine, coarse) in enumerate(zip(result.class_map.shape, truth.shape, strict=True)):
+        truth = np.repeat(truth, fine // coarse, axis=axis)  # ROSE's 2x grid: the truth repeated onto it
     return float(dice(result.class_map == label, truth))
 
 
