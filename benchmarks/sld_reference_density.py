@@ -1,0 +1,84 @@
+"""Diagnostic for 3D-SLD's guidance: is the label-free density target far from the true vessel density?
+
+    python benchmarks/sld_reference_density.py [--crops 64] [--crop 32 32 32]
+
+3D-SLD's Crop-and-Overlap references are made as dense as Otsu-thresholded intensity MIPs of unlabelled
+training crops (``trainer.sld.references.foreground_fraction_of_intensity_mips``). This script compares that
+target with the foreground fraction of the MIPs of the *labels* of the same kind of crops, on the TOF-MRA
+training phantoms of ``trainer/configs/sld_tof.toml`` (seeds 1000-1003 here) and, when the data is there, the
+VesselNN stacks. The labels are read here only to diagnose; no training reads them. If the target were much
+denser than the vessels, the references would teach the network to call background vessel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from trainer.sld.references import foreground_fraction_of_intensity_mips
+from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.preprocessing import get_preset, normalize_intensity
+from VesselSegLib.resources import vesselnn_dir
+
+
+def label_mip_fraction(labels, crop_zyx, count: int, rng: np.random.Generator) -> float:
+    """Mean foreground fraction of the three MIPs of ``count`` random crops of binary label volumes, drawn
+    as ``foreground_fraction_of_intensity_mips`` draws its crops."""
+    fractions = []
+    for _ in range(count):
+        volume = labels[int(rng.integers(len(labels)))]
+        shape = tuple(min(c, s) for c, s in zip(crop_zyx, volume.shape, strict=True))
+        starts = [int(rng.integers(s - c + 1)) for c, s in zip(shape, volume.shape, strict=True)]
+        block = volume[tuple(slice(a, a + c) for a, c in zip(starts, shape, strict=True))]
+        fractions += [float(block.max(axis=axis).mean()) for axis in range(3)]
+    return float(np.mean(fractions))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--crops", type=int, default=64)
+    parser.add_argument("--crop", nargs=3, type=int, default=[32, 32, 32], metavar=("Z", "Y", "X"))
+    args = parser.parse_args(argv)
+    crop = tuple(args.crop)
+    sets = {}
+    cases = [
+        make_phantom_case("TOF-MRA", (64, 128, 128), spacing_zyx=(0.8, 0.5, 0.5), seed=s)
+        for s in range(1000, 1004)
+    ]
+    preset = get_preset("TOF-MRA")
+    sets["TOF-MRA phantoms"] = (
+        [normalize_intensity(c.image, preset) for c in cases],
+        [c.class_map > 0 for c in cases],
+    )
+    root = vesselnn_dir()
+    if (root / "images").is_dir():
+        from VesselSegLib.io import read_volume
+
+        images, labels = [], []
+        for path in sorted((root / "images").glob("*.tif")):
+            images.append(
+                normalize_intensity(
+                    np.asarray(read_volume(path, spacing_xyz=(1, 1, 1)).array), get_preset("2PM")
+                )
+            )
+            labels.append(
+                np.asarray(read_volume(root / "labels" / path.name, spacing_xyz=(1, 1, 1)).array) > 0
+            )
+        sets["VesselNN stacks"] = (images, labels)
+    print(
+        f"Foreground fraction of the MIPs of {args.crops} random {' x '.join(map(str, crop))} crops (seed 0)"
+    )
+    print()
+    print("| data | Otsu of intensity MIPs (3D-SLD's target, label-free) | MIPs of the labels (diagnostic) |")
+    print("|---|---|---|")
+    for name, (images, labels) in sets.items():
+        target = foreground_fraction_of_intensity_mips(images, crop, args.crops, np.random.default_rng(0))
+        truth = label_mip_fraction(labels, crop, args.crops, np.random.default_rng(0))
+        print(f"| {name} | {target:.3f} | {truth:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
