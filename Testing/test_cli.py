@@ -287,3 +287,27 @@ def test_two_photon_stack_with_preprocessing_and_a_binary_reference(tmp_path, ca
         with pytest.raises(SystemExit):
             main([*arguments[:-1], "--intensity-scale", bad])
     assert "--intensity-scale" in capsys.readouterr().err
+
+
+def test_info_shows_the_machine_s_runtime_choice_and_probes_again_on_request(capsys):
+    from VesselSegLib.inference import runtime
+
+    runtime.forget_choices()
+    assert main(["info", "--device", "cpu", "--probe-again"]) == 0
+    lines = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    measured = json.loads(lines["runtime"])
+    assert measured["source"] == "probe" and measured["precision"] in ("float32", "bfloat16")
+    assert json.loads(lines["exported_backends"]) == []  # the test session allows none
+    assert main(["info", "--device", "cpu"]) == 0
+    again = json.loads(
+        dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())["runtime"]
+    )
+    assert (
+        again["source"] == "probe" and again["timings_s"] == measured["timings_s"]
+    )  # remembered, not re-run
+    runtime.forget_choices()
+    assert main(["info", "--device", "cpu"]) == 0
+    cached = json.loads(
+        dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())["runtime"]
+    )
+    assert cached["source"] == "cache" and cached["precision"] == measured["precision"]

@@ -394,6 +394,7 @@ def run_info(args) -> dict:
     import torch
 
     from VesselSegLib.inference import runtime
+    from VesselSegLib.inference.onnx_backend import available_backends
     from VesselSegLib.inference.sliding_window import resolve_device
 
     if args.probe_again:
@@ -409,6 +410,8 @@ def run_info(args) -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         **{k: v for k, v in runtime.machine_key().items() if k in ("cpu", "native_bfloat16")},
         "runtime": choice.as_record(),
+        # measured per model and window at first use (VesselSegLib/inference/onnx_backend.py)
+        "exported_backends": list(available_backends()),
         "probe_cache": str(runtime.cache_path()),
     }
     for key, value in facts.items():
