@@ -103,11 +103,13 @@ def _add_stream_command(commands) -> None:
     stream = commands.add_parser(
         "stream",
         help="Segment a stack larger than memory tile by tile (probabilities.npy, labels.nrrd).",
-        description="Reads tiles from a TIFF stack, raw NRRD or .npy file and writes the probabilities and "
+        description="Reads tiles from a TIFF stack, raw NRRD, .npy file or (OME-)Zarr store and writes the probabilities and "
         "the class map tile by tile, so memory stays bounded whatever the stack size. No MRML scene, "
         "models, preview or small-component removal: use 'segment' for volumes that fit in memory.",
     )
-    stream.add_argument("input", type=Path, help="Stack: .tif/.tiff, raw .nrrd/.nhdr, or .npy.")
+    stream.add_argument(
+        "input", type=Path, help="Stack: .tif/.tiff, raw .nrrd/.nhdr, .npy, or a .zarr store (OME-Zarr)."
+    )
     stream.add_argument(
         "--out", type=Path, required=True, help="Output folder (created; its parent must exist)."
     )
@@ -129,6 +131,19 @@ def _add_stream_command(commands) -> None:
         help="Replace DIR if it holds a previous VesselSeg output (and only then).",
     )
     stream.add_argument("--quiet", action="store_true", help="No progress bar.")
+    cluster = stream.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Compute the tiles on a local Dask cluster of N one-thread processes (pip install 'dask[distributed]').",
+    )
+    cluster.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="Compute the tiles on the Dask scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786); its workers must "
+        "see the input path.",
+    )
 
 
 def run_stream(args: argparse.Namespace) -> dict:
@@ -146,7 +161,12 @@ def run_stream(args: argparse.Namespace) -> dict:
     output = _prepare_output(args.out, args.force, inputs=(args.input,))
     staging = output.path
     progress, close_bar = _progress_bar(args.quiet)
+    client = None
     try:
+        if args.workers is not None or args.dask is not None:
+            from VesselSegLib.inference.distributed import connect
+
+            client = connect(address=args.dask, workers=args.workers)
         streamed = segment_large_volume(
             args.input,
             staging,
@@ -154,6 +174,7 @@ def run_stream(args: argparse.Namespace) -> dict:
             spacing_xyz=None if args.spacing is None else tuple(args.spacing),
             tile_size_zyx=tuple(args.tile) if args.tile else DEFAULT_TILE_SIZE_ZYX,
             output_dtype=args.output_dtype,
+            dask_client=client,
             progress=progress,
         )
         run_time_s = {**streamed.pop("run_time_s"), "total": time.perf_counter() - started}
@@ -168,6 +189,10 @@ def run_stream(args: argparse.Namespace) -> dict:
         raise
     finally:
         close_bar()
+        if client is not None:
+            from VesselSegLib.inference.distributed import close
+
+            close(client)
 
 
 def _progress_bar(quiet: bool):

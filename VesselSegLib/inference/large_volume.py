@@ -152,6 +152,25 @@ def _check_streamable(plan: SegmentationPlan) -> None:
         )
 
 
+def _dask_tiles(client, input_path, plan: SegmentationPlan, normalisation, precision: str):
+    from VesselSegLib.inference.distributed import DaskTiles, TileJob
+
+    request = plan.request
+    job = TileJob(
+        input_path=str(Path(input_path).absolute()),
+        subtract_slice_median=request.microscopy.subtract_slice_median,
+        entry=plan.entry,
+        normalisation=normalisation,
+        patch_size_zyx=tuple(plan.patch_size_for(plan.entry)),  # replaced by the fitted patch per run
+        overlap=plan.overlap_for(plan.entry),
+        batch_size=request.batch_size,
+        blend_mode="gaussian",
+        precision=precision,
+        test_time_augmentation=request.test_time_augmentation,
+    )
+    return DaskTiles(client, job)
+
+
 def segment_large_volume(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -160,6 +179,7 @@ def segment_large_volume(
     spacing_xyz: Sequence[float] | None = None,
     tile_size_zyx: Sequence[int] = DEFAULT_TILE_SIZE_ZYX,
     output_dtype: str = "float16",
+    dask_client=None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> dict:
@@ -186,6 +206,9 @@ def segment_large_volume(
         Voxel size in mm, overriding the file's (required when the file has none: 2PM stacks are in um).
     tile_size_zyx, output_dtype
         As for :func:`~VesselSegLib.inference.streaming.stream_segment_probabilities`.
+    dask_client : distributed.Client, optional
+        Compute the tiles on this Dask cluster (:mod:`VesselSegLib.inference.distributed`; its workers run
+        PyTorch on their CPUs and read ``input_path`` themselves); the outputs are those of one process.
 
     Returns
     -------
@@ -232,7 +255,9 @@ def segment_large_volume(
         resolved_device = resolve_device(request.device)
         runtime = choose_runtime(resolved_device, request.precision)
         precision = runtime.for_model(entry.reduced_precision).precision
-        if resolved_device.type == "cpu":
+        if dask_client is not None:
+            backend = BackendChoice("pytorch", "Dask workers run PyTorch on their CPUs")
+        elif resolved_device.type == "cpu":
             window = tuple(min(p, s) for p, s in zip(patch, source.shape, strict=True))
             network, backend = choose_backend(network, window, request.backend, precision=precision)
         elif request.backend not in ("auto", "pytorch"):
@@ -276,6 +301,9 @@ def segment_large_volume(
             precision=precision,
             test_time_augmentation=request.test_time_augmentation,
             on_tile_core=class_map,
+            tile_cores=None
+            if dask_client is None
+            else _dask_tiles(dask_client, input_path, plan, normalisation, precision),
             progress=progress,
             cancel=cancel,
         )
@@ -316,6 +344,9 @@ def segment_large_volume(
                 "sample_stride": normalisation.stride,
             },
             "output_dtype": output_dtype,
+            "dask_workers": None
+            if dask_client is None
+            else len(dask_client.scheduler_info().get("workers", {})),
         },
         "run_time_s": timings,
     }

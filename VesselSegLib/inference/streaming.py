@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -450,6 +450,36 @@ def _to_output(probabilities: np.ndarray, output_dtype: str) -> np.ndarray:
     return probabilities.astype(output_dtype)
 
 
+def _write_cores(temporary, cores, tiles, shape, output_dtype, on_tile_core, progress, cancel) -> None:
+    """Write ``(index, float32 core probabilities)`` pairs, in any order, into the ``.npy`` at ``temporary``."""
+    output = None
+    total = sum(tile.windows for tile in tiles)
+    done = 0
+    written = set()
+    for index, core in cores:
+        if cancel is not None and cancel():
+            raise SegmentationCancelled("Segmentation cancelled by the user.")
+        if index in written:  # a retried task that finished twice: the first result stands
+            continue
+        tile = tiles[index]
+        if on_tile_core is not None:
+            on_tile_core(tile.core, core)
+        core = _to_output(core, output_dtype)
+        if output is None:
+            output = np.lib.format.open_memmap(
+                temporary, mode="w+", dtype=output_dtype, shape=(core.shape[0], *shape)
+            )
+        output[(slice(None), *tile.core)] = core
+        written.add(index)
+        done += tile.windows
+        if progress is not None:
+            progress(min(done / total, 1.0), f"Tile {len(written)}/{len(tiles)} done")
+    if output is None or len(written) != len(tiles):
+        raise RuntimeError(f"Only {len(written)} of {len(tiles)} tiles came back from the workers.")
+    output.flush()
+    del output
+
+
 def stream_segment_probabilities(
     network: nn.Module,
     source: VolumeSource,
@@ -466,6 +496,8 @@ def stream_segment_probabilities(
     test_time_augmentation: bool = False,
     output_dtype: str = "float16",
     on_tile_core: Callable[[tuple[slice, slice, slice], np.ndarray], None] | None = None,
+    tile_cores: Callable[[Sequence[StreamTile], tuple[int, int, int]], Iterable[tuple[int, np.ndarray]]]
+    | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Path:
@@ -516,6 +548,9 @@ def stream_segment_probabilities(
         float16 (default): 2 bytes per voxel and class, relative error below 2**-11 (0.0005), readable by any
         NumPy. uint8: 1 byte, ``round(255 p)``, absolute error up to 1/510, enough for thresholding at 0.5.
         float32: 4 bytes, bit for bit what ``predict_probabilities`` returns.
+    tile_cores : callable(tiles, patch) -> iterable of (tile index, float32 core probabilities), optional
+        Computes the tiles elsewhere (:class:`~VesselSegLib.inference.distributed.DaskTiles`); each core is
+        written as it arrives. None computes them here, one after another.
     on_tile_core : callable(core slices (Z, Y, X), probabilities (C, z, y, x) float32), optional
         Called with each tile core's full-precision probabilities before they are cast to ``output_dtype``
         (``vesselseg stream`` thresholds them into the class map there, so that a float16 file does not
@@ -564,6 +599,18 @@ def stream_segment_probabilities(
         / 1e9,
     )
     with atomic_write_path(output_path, suffix=".npy") as temporary:
+        if tile_cores is not None:  # computed elsewhere (a Dask cluster): write the cores as they arrive
+            _write_cores(
+                temporary,
+                tile_cores(tiles, patch),
+                tiles,
+                shape,
+                output_dtype,
+                on_tile_core,
+                progress,
+                cancel,
+            )
+            tiles = []
         created = False
         windows_done = 0
         for index, tile in enumerate(tiles):

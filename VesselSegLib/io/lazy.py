@@ -31,7 +31,7 @@ from VesselSegLib.io.volume import require_volume_file
 
 logger = logging.getLogger(__name__)
 
-STREAMING_SUFFIXES = (".tif", ".tiff", ".nrrd", ".nhdr", ".npy")
+STREAMING_SUFFIXES = (".tif", ".tiff", ".nrrd", ".nhdr", ".npy", ".zarr")
 
 _CONVERT_HINT = (
     "Streaming needs an uncompressed or page-wise format it can read region by region: a TIFF stack, a raw "
@@ -223,7 +223,9 @@ def open_volume_lazily(
     ----------
     path : path
         A TIFF stack (.tif, .tiff; uncompressed contiguous stacks are memory-mapped, compressed or tiled ones
-        read page by page), a raw NRRD (.nrrd, or .nhdr with a raw data file) or a ``.npy`` file.
+        read page by page), a raw NRRD (.nrrd, or .nhdr with a raw data file), a ``.npy`` file, or a Zarr
+        store (a ``.zarr`` folder: an OME-Zarr image, whose full-resolution level and voxel size are read
+        from its ``multiscales`` metadata, or a plain 3D Zarr array; read chunk by chunk, any compression).
         Singleton axes are dropped; three axes must remain.
     metadata_path : path, optional
         A side-car OME-XML file giving a TIFF stack's PhysicalSizeX/Y/Z (as for ``read_volume``).
@@ -243,6 +245,8 @@ def open_volume_lazily(
         (multichannel or time series), TIFF pages of different shapes, or a sheared NRRD grid.
     """
     path = Path(path)
+    if path.name.lower().endswith(".zarr") and path.is_dir():
+        return _open_zarr(path)
     require_volume_file(path)
     name = path.name.lower()
     if name.endswith((".tif", ".tiff")):
@@ -251,11 +255,87 @@ def open_volume_lazily(
         return _open_nrrd(path)
     if name.endswith(".npy"):
         return _open_npy(path)
-    if name.endswith((".nii", ".nii.gz", ".mha", ".mhd", ".npz", ".zarr")):
+    if name.endswith((".nii", ".nii.gz", ".mha", ".mhd", ".npz")):
         raise ValueError(f"Cannot stream {path.name}. {_CONVERT_HINT}")
     raise ValueError(
         f"Unsupported file type for streaming: {path.name}; use one of {', '.join(STREAMING_SUFFIXES)}."
     )
+
+
+_ZARR_UNITS_MM = {"millimeter": 1.0, "micrometer": 1e-3, "nanometer": 1e-6, "meter": 1e3, "centimeter": 10.0}
+
+
+class _ZarrVolume(LazyVolume):
+    """A 3D Zarr array (plain, or the full-resolution level of an OME-Zarr image), read region by region:
+    Zarr decodes only the chunks a region touches."""
+
+    def __init__(self, path: Path, array: Any, spacing_zyx, squeeze: tuple[int, ...]) -> None:
+        self._array = array
+        self._squeeze = squeeze
+        shape = tuple(size for axis, size in enumerate(array.shape) if axis not in squeeze)
+        super().__init__(path, shape, np.dtype(array.dtype), spacing_zyx)
+
+    def _read(self, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
+        ranges = iter((z, y, x))
+        key = tuple(
+            0 if axis in self._squeeze else slice(*next(ranges)) for axis in range(len(self._array.shape))
+        )
+        try:
+            region = self._array[key]
+        except Exception as error:  # zarr and numcodecs raise many types for missing or damaged chunks
+            raise damaged(
+                self.path.name, f"a chunk that cannot be decoded ({type(error).__name__}: {error})"
+            ) from None
+        return np.asarray(region, dtype=self.dtype)
+
+
+def _open_zarr(path: Path) -> LazyVolume:
+    """An OME-Zarr image (``multiscales``: dataset 0, its scale transform, the axes' units) or a plain array."""
+    try:
+        import zarr
+    except ImportError:
+        raise ValueError(f"Reading {path.name} needs the 'zarr' package: pip install zarr.") from None
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:  # not a Zarr store, or a damaged one
+        raise ValueError(
+            f"{path.name} is not a readable Zarr store ({type(error).__name__}: {error})."
+        ) from None
+    spacing_zyx, axes = None, None
+    if isinstance(node, zarr.Group):
+        attributes = dict(node.attrs)
+        multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
+        if not multiscales:
+            raise ValueError(
+                f"{path.name} is a Zarr group without OME-Zarr 'multiscales' metadata; give the array inside it "
+                "(e.g. stack.zarr/0) or an OME-Zarr image."
+            )
+        image = multiscales[0]
+        dataset = image["datasets"][0]
+        array = node[dataset["path"]]
+        axes = image.get("axes")
+        scale = next(
+            (t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"),
+            None,
+        )
+        if scale is not None and axes and len(scale) == len(axes):
+            spatial = [
+                (s, a)
+                for s, a in zip(scale, axes, strict=True)
+                if isinstance(a, dict) and a.get("type") == "space"
+            ]
+            factors = [_ZARR_UNITS_MM.get(a.get("unit", "")) for _, a in spatial]
+            if len(spatial) == 3 and None not in factors:
+                spacing_zyx = tuple(float(s) * f for (s, _), f in zip(spatial, factors, strict=True))
+    else:
+        array = node
+    squeeze = tuple(axis for axis, size in enumerate(array.shape) if size == 1)
+    if len(array.shape) - len(squeeze) != 3:
+        raise ValueError(
+            f"{path.name} holds an array of shape {tuple(array.shape)}; streaming needs three axes (Z, Y, X) "
+            "besides singleton ones (one channel, one time point)."
+        )
+    return _ZarrVolume(path, array, spacing_zyx, squeeze)
 
 
 def _three_axes(path: Path, shape: Sequence[int], what: str, fix: str) -> tuple[int, int, int]:
