@@ -85,6 +85,8 @@ def test_a_model_not_verified_for_the_machine_s_precision_runs_float32():
     unverified = choice.for_model(())
     assert unverified.precision == "float32" and "not verified" in unverified.reason
     assert runtime.RuntimeChoice("cpu", "float32", "x").for_model(()).precision == "float32"
+    forced = runtime.choose_runtime("cpu", "bfloat16")  # the user asked: any model
+    assert forced.for_model(()).precision == "bfloat16"
 
 
 def test_bfloat16_on_the_cpu_really_runs_in_reduced_precision_and_stays_close():

@@ -67,8 +67,9 @@ class RuntimeChoice:
         return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.precision)
 
     def for_model(self, verified: tuple[str, ...]) -> RuntimeChoice:
-        """This choice for a model whose entry lists ``verified`` reduced precisions; float32 otherwise."""
-        if self.precision == "float32" or self.precision in verified:
+        """This choice for a model whose entry lists ``verified`` reduced precisions; float32 otherwise. A
+        precision the request named is used for any model (the user asked for it)."""
+        if self.precision == "float32" or self.precision in verified or self.source == "requested":
             return self
         return RuntimeChoice(
             self.device,
