@@ -76,7 +76,7 @@ def test_auto_takes_the_fastest_equal_backend_and_caches_the_measurement(cache, 
         return seconds[order[len(calls) - 1]]
 
     order = ["pytorch", "openvino", "onnxruntime"]  # the order measure() times them
-    monkeypatch.setattr(onnx_backend, "_best_seconds", fake_best_seconds)
+    monkeypatch.setattr(onnx_backend, "best_seconds", fake_best_seconds)
     runner, choice = onnx_backend.choose_backend(network, WINDOW, "auto")
     assert choice.backend == "openvino" and runner.backend == "openvino" and "3.00x" in choice.reason
     again, cached = onnx_backend.choose_backend(network, WINDOW, "auto")
@@ -87,14 +87,14 @@ def test_auto_takes_the_fastest_equal_backend_and_caches_the_measurement(cache, 
 
 def test_auto_keeps_pytorch_when_no_backend_is_faster_or_equal(cache, network, monkeypatch):
     timings = iter([1.0, 0.95, 0.97])  # pytorch, openvino, onnxruntime: 1.05x at best
-    monkeypatch.setattr(onnx_backend, "_best_seconds", lambda run, repeats=2: next(timings))
+    monkeypatch.setattr(onnx_backend, "best_seconds", lambda run, repeats=2: next(timings))
     runner, choice = onnx_backend.choose_backend(network, WINDOW, "auto")
     assert runner is network and choice.backend == "pytorch" and "1.05x" in choice.reason
 
     with torch.no_grad():
         next(network.parameters()).mul_(2.0)  # other weights: another hash, measured again
     timings = iter([1.0, 0.1, 0.1])
-    monkeypatch.setattr(onnx_backend, "_best_seconds", lambda run, repeats=2: next(timings))
+    monkeypatch.setattr(onnx_backend, "best_seconds", lambda run, repeats=2: next(timings))
     real_runner = onnx_backend.load_runner
 
     def wrong(backend, path):  # an export that computes something else

@@ -3,14 +3,14 @@
     pip install onnx onnxruntime [openvino]       # optional: VesselSeg does not need them
     python benchmarks/benchmark_backends.py [--models unet3d-baseline vnet-2pm] [--threads 2] [--repeats 5]
 
-Each network of the registry is exported once (``torch.onnx.export``, opset 17, fixed window shape) to a
-temporary folder and run on one window of its registry patch size (``--patch Z Y X`` overrides; a random
+Each network of the registry is exported once (``VesselSegLib.inference.onnx_backend.export_network``, the
+export VesselSeg runs: opset 17, dynamic axes) to a temporary folder and run on one window of its registry patch size (``--patch Z Y X`` overrides; a random
 normalised image, batch 1) by:
 
 - PyTorch, float32, channels_last_3d (what ``predict_probabilities`` does on a CPU);
 - PyTorch, float32, contiguous (the layout without oneDNN's blocked kernels);
-- ONNX Runtime CPU execution provider, graph optimisations on, ``--threads`` intra-op threads;
-- OpenVINO CPU (``openvino.compile_model`` of the same ONNX file), if ``import openvino`` works.
+- OpenVINO CPU and ONNX Runtime CPU, each as ``onnx_backend.load_runner`` loads it (``--threads`` threads,
+  OpenVINO held to float32), where installed.
 
 Printed: the best of ``--repeats`` runs after one warm-up, Mvoxel/s of the window, the speed ratio to the
 first row, and the largest absolute difference of the logits from PyTorch's (equal output means < 1e-3).
@@ -23,27 +23,17 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from VesselSegLib.inference.onnx_backend import EXPORTED_BACKENDS, best_seconds, export_network, load_runner
 from VesselSegLib.inference.runtime import machine_key
 from VesselSegLib.models.memory_format import set_3d_memory_format
 from VesselSegLib.models.registry import ModelRegistry
 
 DEFAULT_MODELS = ("unet3d-baseline", "vnet-2pm", "umis")
-
-
-def _best_seconds(run, repeats: int) -> float:
-    run()  # warm-up: kernels chosen and compiled, memory allocated
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[dict]:
@@ -69,42 +59,28 @@ def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[
     x_last = x.contiguous(memory_format=torch.channels_last_3d)
     set_3d_memory_format(network, torch.channels_last_3d)
     with torch.no_grad():
-        seconds = _best_seconds(lambda: network(x_last), repeats)
+        seconds = best_seconds(lambda: network(x_last), repeats)
         reference = network(x_last).float().numpy()
     add("pytorch channels_last_3d", seconds, reference, None)
     set_3d_memory_format(network, torch.contiguous_format)
     with torch.no_grad():
-        seconds = _best_seconds(lambda: network(x), repeats)
+        seconds = best_seconds(lambda: network(x), repeats)
         add("pytorch contiguous", seconds, network(x).numpy(), reference)
 
     onnx_path = folder / f"{entry.name}.onnx"
     try:
-        torch.onnx.export(
-            network, (x,), str(onnx_path), opset_version=17, dynamo=False, input_names=["image"]
-        )
+        export_network(network, patch, onnx_path)  # what the backends run: VesselSeg's own export
     except Exception as error:  # an operator the exporter cannot write: say so, keep the PyTorch rows
         print(f"{entry.name}: ONNX export failed ({type(error).__name__}: {str(error).splitlines()[0]})")
         return rows
-    try:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        seconds = _best_seconds(lambda: session.run(None, feed), repeats)
-        add("onnxruntime cpu", seconds, session.run(None, feed)[0], reference)
-    except ImportError:
-        print("onnxruntime is not installed: pip install onnxruntime")
-    try:
-        import openvino
-
-        compiled = openvino.compile_model(str(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads})
-        seconds = _best_seconds(lambda: compiled(x.numpy()), repeats)
-        add("openvino cpu", seconds, np.asarray(compiled(x.numpy())[0]), reference)
-    except ImportError:
-        print("openvino is not installed: pip install openvino")
+    for backend in EXPORTED_BACKENDS:
+        try:
+            run = load_runner(backend, onnx_path)
+        except ImportError:
+            print(f"{backend} is not installed: pip install {backend}")
+            continue
+        seconds = best_seconds(lambda run=run: run(x.numpy()), repeats)
+        add(f"{backend} cpu", seconds, run(x.numpy()), reference)
     return rows
 
 

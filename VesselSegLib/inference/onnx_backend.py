@@ -162,7 +162,7 @@ def export_network(network: nn.Module, window_zyx: tuple[int, int, int], onnx_fi
         network.train(was_training)
 
 
-def _best_seconds(run, repeats: int = REPEATS) -> float:
+def best_seconds(run, repeats: int = REPEATS) -> float:
     run()
     best = float("inf")
     for _ in range(repeats):
@@ -210,11 +210,11 @@ def measure(
     with torch.no_grad():  # as predict_probabilities runs it on a CPU: channels_last_3d
         set_3d_memory_format(network, torch.channels_last_3d)
         x_last = x.contiguous(memory_format=torch.channels_last_3d)
-        timings["pytorch"] = _best_seconds(lambda: network(x_last))
+        timings["pytorch"] = best_seconds(lambda: network(x_last))
         reference = network(x_last).float().numpy()
     differences = {}
     for name, run in runners.items():
-        timings[name] = _best_seconds(lambda run=run: run(array))
+        timings[name] = best_seconds(lambda run=run: run(array))
         differences[name] = float(np.abs(run(array) - reference).max())
     equal = [name for name in runners if differences[name] <= MAX_LOGIT_DIFFERENCE]
     if not equal:
