@@ -86,7 +86,10 @@ class ExportedNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         array = image.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(np.ascontiguousarray(self.runner(array), dtype=np.float32))
+        # One window at a time: the shape the backend was measured and compiled for (a batch of two
+        # would make OpenVINO compile the dynamic model again for that shape).
+        outputs = [self.runner(array[index : index + 1]) for index in range(array.shape[0])]
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(outputs, axis=0), dtype=np.float32))
 
 
 def available_backends() -> tuple[str, ...]:
