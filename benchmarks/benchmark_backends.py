@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from VesselSegLib.inference.onnx_backend import EXPORTED_BACKENDS, best_seconds, export_network, load_runner
+from VesselSegLib.inference.onnx_backend import LOADABLE_BACKENDS, best_seconds, export_network, load_runner
 from VesselSegLib.inference.runtime import machine_key
 from VesselSegLib.models.memory_format import set_3d_memory_format
 from VesselSegLib.models.registry import ModelRegistry
@@ -73,7 +73,7 @@ def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[
     except Exception as error:  # an operator the exporter cannot write: say so, keep the PyTorch rows
         print(f"{entry.name}: ONNX export failed ({type(error).__name__}: {str(error).splitlines()[0]})")
         return rows
-    for backend in EXPORTED_BACKENDS:
+    for backend in LOADABLE_BACKENDS:
         try:
             run = load_runner(backend, onnx_path)
         except ImportError:

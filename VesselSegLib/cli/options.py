@@ -54,10 +54,10 @@ def add_request_options(parser: argparse.ArgumentParser, *, default_modality: st
     )
     parser.add_argument(
         "--backend",
-        default="auto",
+        default="pytorch",
         choices=BACKENDS,
-        help="auto (default): OpenVINO or ONNX Runtime where installed and measured faster at equal output "
-        "for the model on this machine (once, cached), else PyTorch.",
+        help="pytorch (default); auto: OpenVINO where installed (pip install openvino onnx) and measured "
+        "faster at equal output for the model on this machine (once, cached), else PyTorch; openvino: forced.",
     )
     parser.add_argument(
         "--patch-size",

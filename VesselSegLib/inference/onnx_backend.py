@@ -1,18 +1,18 @@
-"""ONNX Runtime and OpenVINO as optional inference backends, used for a model only where one is measured faster
-than PyTorch at equal output on the machine that runs it.
+"""OpenVINO as an optional inference backend, used for a model only where it is measured faster than PyTorch
+at equal output on the machine that runs it (the network is exported to ONNX, which OpenVINO loads).
 
-PyTorch's CPU convolutions are not the fastest on every CPU: on CPUs without AVX-512, OpenVINO's and ONNX
-Runtime's 3D kernels ran the shipped networks up to several times faster (``benchmarks/benchmark_backends.py``).
-Both are optional (``pip install openvino onnx`` or ``onnxruntime onnx``; the ``[fast]`` extra installs all
-three); without them nothing changes.
+PyTorch's CPU convolutions are not the fastest on every CPU: on a CPU without AVX-512 OpenVINO's 3D kernels
+ran the shipped networks 1.5-8.8x faster (``benchmarks/benchmark_backends.py``, which also measures ONNX
+Runtime: slower than OpenVINO for every network, so not used at run time). OpenVINO is optional
+(``pip install openvino onnx``, or the ``[fast]`` extra); without it nothing changes.
 
 For a network in float32 on the CPU, at first use on a machine (:func:`choose_backend`):
 
 1. the network is exported once (``torch.onnx.export``, opset 17, batch and window axes dynamic: a volume
    smaller than the patch gives smaller windows) to ``$VESSELSEG_CACHE_DIR/onnx/<weights hash>.onnx``
-   (written whole or not at all); both backends load that file;
+   (written whole or not at all);
 2. one window of random input (the window the run will use: the patch, or the volume where smaller) runs
-   through PyTorch (channels_last_3d, as the sliding window runs it) and each installed backend; a backend counts only if its logits equal PyTorch's within
+   through PyTorch (channels_last_3d, as the sliding window runs it) and OpenVINO; a backend counts only if its logits equal PyTorch's within
    :data:`MAX_LOGIT_DIFFERENCE`, and the fastest is chosen if it is at least :data:`MIN_SPEEDUP` times
    faster than PyTorch (best of :data:`REPEATS` runs after a warm-up each);
 3. the decision, its timings and the reason are cached per weights, window and machine, so later runs only
@@ -43,8 +43,12 @@ from VesselSegLib.request import BACKENDS
 
 logger = logging.getLogger(__name__)
 
-#: Backends that run the exported ONNX file, in the order they are tried.
-EXPORTED_BACKENDS = ("openvino", "onnxruntime")
+#: Backends that run the exported ONNX file at run time. ONNX Runtime is not among them: it was slower than
+#: OpenVINO for every shipped network here (benchmarks/benchmark_backends.py still measures it), and a
+#: process that had loaded both crashed with a segmentation fault on a later Ctrl+C.
+EXPORTED_BACKENDS = ("openvino",)
+#: What :func:`load_runner` can load (the benchmark compares them all).
+LOADABLE_BACKENDS = ("openvino", "onnxruntime")
 MIN_SPEEDUP = 1.15
 MAX_LOGIT_DIFFERENCE = 1e-3
 REPEATS = 2
@@ -135,7 +139,7 @@ def load_runner(backend: str, onnx_file: Path) -> Runner:
         )
         output = compiled.output(0)
         return lambda array: np.asarray(compiled(array)[output])
-    raise ValueError(f"Unknown exported backend {backend!r}; choose one of {', '.join(EXPORTED_BACKENDS)}.")
+    raise ValueError(f"Unknown exported backend {backend!r}; choose one of {', '.join(LOADABLE_BACKENDS)}.")
 
 
 def export_network(network: nn.Module, window_zyx: tuple[int, int, int], onnx_file: Path) -> None:
@@ -235,7 +239,7 @@ def choose_backend(
 ) -> tuple[nn.Module, BackendChoice]:
     """The network to run (``network`` itself or its exported twin) and why.
 
-    ``requested``: "pytorch" keeps PyTorch; "onnxruntime" or "openvino" uses that backend whatever the timing
+    ``requested``: "pytorch" keeps PyTorch; "openvino" uses that backend whatever the timing
     (still refused if its output differs); "auto" measures once per weights, window and machine (module
     docstring). Only float32 networks are exported, and only ``forward`` (the logits).
 
@@ -255,7 +259,7 @@ def choose_backend(
     if requested != "auto" and requested not in installed:
         reason = f"{requested} is not installed ({_INSTALL[requested]}) or not allowed by ${ALLOWED_BACKENDS_VARIABLE}"
     elif not installed:
-        reason = "neither OpenVINO nor ONNX Runtime is installed (pip install openvino onnx)"
+        reason = "OpenVINO is not installed (pip install openvino onnx)"
     elif precision != "float32":
         reason = f"precision {precision}: the exported backends run float32 only here"
     if reason is not None:
@@ -309,6 +313,7 @@ def choose_backend(
 __all__ = [
     "BackendChoice",
     "EXPORTED_BACKENDS",
+    "LOADABLE_BACKENDS",
     "ExportedNetwork",
     "available_backends",
     "choose_backend",
