@@ -95,6 +95,8 @@ def connect(*, address: str | None = None, workers: int | None = None):
         from distributed import Client, LocalCluster
     except ImportError:
         raise ValueError("Distributed streaming needs Dask: pip install 'dask[distributed]'.") from None
+    for name in ("distributed", "tornado"):  # their INFO lines would drown the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
     if address is not None:
         try:
             return Client(address, timeout="20s")
