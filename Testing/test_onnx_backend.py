@@ -145,6 +145,12 @@ def test_pytorch_is_kept_where_no_backend_can_help_and_forcing_one_there_is_refu
     with pytest.raises(ValueError, match="Unknown backend 'tensorrt'"):
         onnx_backend.choose_backend(network, WINDOW, "tensorrt")
     assert onnx_backend.choose_backend(network, WINDOW, "pytorch")[1].reason == "asked for"
+    on_gpu = onnx_backend.choose_backend(network, WINDOW, "auto", device="cuda")
+    assert on_gpu[0] is network and "CPU only" in on_gpu[1].reason  # decided before anything is exported
+    with pytest.raises(ValueError, match="Backend openvino cannot run this model: device cuda"):
+        onnx_backend.choose_backend(network, WINDOW, "openvino", device="cuda")
+    with pytest.raises(ValueError, match="cannot run this model: this method needs more"):
+        onnx_backend.choose_backend(network, WINDOW, "openvino", unavailable="this method needs more outputs")
     monkeypatch.setenv("VESSELSEG_EXPORTED_BACKENDS", "")  # as if neither were installed
     assert onnx_backend.choose_backend(network, WINDOW, "auto")[1].reason.startswith(
         "OpenVINO is not installed"

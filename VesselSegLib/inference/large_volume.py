@@ -257,15 +257,11 @@ def segment_large_volume(
         precision = runtime.for_model(entry.reduced_precision).precision
         if dask_client is not None:
             backend = BackendChoice("pytorch", "Dask workers run PyTorch on their CPUs")
-        elif resolved_device.type == "cpu":
-            window = tuple(min(p, s) for p, s in zip(patch, source.shape, strict=True))
-            network, backend = choose_backend(network, window, request.backend, precision=precision)
-        elif request.backend not in ("auto", "pytorch"):
-            raise ValueError(
-                f"Backend {request.backend} runs on the CPU only here; choose pytorch or auto, or --device cpu."
-            )
         else:
-            backend = BackendChoice("pytorch", f"device {resolved_device}")
+            window = tuple(min(p, s) for p, s in zip(patch, source.shape, strict=True))
+            network, backend = choose_backend(
+                network, window, request.backend, precision=precision, device=resolved_device
+            )
         divisor = getattr(network, "size_divisor_zyx", (1, 1, 1))
         tiles = plan_stream_tiles(
             source.shape,

@@ -234,14 +234,29 @@ def measure(
     return BackendChoice(fastest, f"{fastest} {speedup:.2f}x faster than PyTorch", timings, differences)
 
 
+def _refused(requested: str, reason: str) -> ValueError:
+    return ValueError(f"Backend {requested} cannot run this model: {reason}; choose pytorch or auto.")
+
+
+def _outputs_differ(choice: BackendChoice) -> bool:
+    return any(d > MAX_LOGIT_DIFFERENCE for d in choice.max_logit_difference.values())
+
+
 def choose_backend(
-    network: nn.Module, window_zyx, requested: str = "auto", *, precision: str = "float32"
+    network: nn.Module,
+    window_zyx,
+    requested: str = "auto",
+    *,
+    precision: str = "float32",
+    device: str | torch.device = "cpu",
+    unavailable: str | None = None,
 ) -> tuple[nn.Module, BackendChoice]:
     """The network to run (``network`` itself or its exported twin) and why.
 
     ``requested``: "pytorch" keeps PyTorch; "openvino" uses that backend whatever the timing
     (still refused if its output differs); "auto" measures once per weights, window and machine (module
-    docstring). Only float32 networks are exported, and only ``forward`` (the logits).
+    docstring). Only float32 networks on the CPU are exported, and only ``forward`` (the logits);
+    ``unavailable`` is the caller's reason why this model must stay on PyTorch (None: no such reason).
 
     Raises
     ------
@@ -256,7 +271,11 @@ def choose_backend(
     installed = available_backends()
     wanted = installed if requested == "auto" else (requested,)
     reason = None
-    if requested != "auto" and requested not in installed:
+    if unavailable is not None:
+        reason = unavailable
+    elif torch.device(device).type != "cpu":
+        reason = f"device {device}: the exported backends run on the CPU only"
+    elif requested != "auto" and requested not in installed:
         reason = f"{requested} is not installed ({_INSTALL[requested]}) or not allowed by ${ALLOWED_BACKENDS_VARIABLE}"
     elif not installed:
         reason = "OpenVINO is not installed (pip install openvino onnx)"
@@ -264,7 +283,7 @@ def choose_backend(
         reason = f"precision {precision}: the exported backends run float32 only here"
     if reason is not None:
         if requested != "auto":
-            raise ValueError(f"Backend {requested} cannot run this model: {reason}; choose pytorch or auto.")
+            raise _refused(requested, reason)
         return network, BackendChoice("pytorch", reason)
     digest = weights_hash(network)
     onnx_file = cache_path().parent / "onnx" / f"{digest[:32]}.onnx"
@@ -276,9 +295,7 @@ def choose_backend(
     if cached is not None and cached.get("backend") == "pytorch":
         choice = BackendChoice(**cached)
         if requested != "auto":
-            raise ValueError(
-                f"Backend {requested} cannot run this model: {choice.reason}; choose pytorch or auto."
-            )
+            raise _refused(requested, choice.reason)
         return network, choice
     try:
         if not onnx_file.is_file():
@@ -287,9 +304,7 @@ def choose_backend(
     except Exception as error:  # noqa: BLE001 - any exporter or loader failure means: stay on PyTorch
         message = f"export or load failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
         if requested != "auto":
-            raise ValueError(
-                f"Backend {requested} cannot run this model: {message}; choose pytorch or auto."
-            ) from None
+            raise _refused(requested, message) from None
         choice = BackendChoice("pytorch", message)
         _store_decision(key, choice)
         return network, choice
@@ -297,15 +312,13 @@ def choose_backend(
         choice = BackendChoice(**cached)
     else:
         choice = measure(network, runners, window)
-        if requested != "auto" and choice.backend == "pytorch" and "differs" not in choice.reason:
+        if requested != "auto" and choice.backend == "pytorch" and not _outputs_differ(choice):
             choice = BackendChoice(requested, "asked for", choice.timings_s, choice.max_logit_difference)
         _store_decision(key, choice)
         logger.info("Backend for this model: %s (%s).", choice.backend, choice.reason)
     if choice.backend == "pytorch":
         if requested != "auto":
-            raise ValueError(
-                f"Backend {requested} cannot run this model: {choice.reason}; choose pytorch or auto."
-            )
+            raise _refused(requested, choice.reason)
         return network, choice
     return ExportedNetwork(runners[choice.backend], network, choice.backend), choice
 

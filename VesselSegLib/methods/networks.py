@@ -77,23 +77,16 @@ class NetworkEnsemble(MethodBase):
     def _backend_for(self, network, patch, plan, device, precision):
         """``(network to run, BackendChoice)``: an exported backend where ``onnx_backend.choose_backend`` finds
         it faster at equal output; PyTorch for GPUs, adapted weights and kinds that need more than the logits."""
-        from VesselSegLib.inference.onnx_backend import BackendChoice, choose_backend
+        from VesselSegLib.inference.onnx_backend import choose_backend
 
-        requested = plan.request.backend
         reason = None
         if type(self).predict_member is not NetworkEnsemble.predict_member:
             reason = "this method needs more outputs than the logits"
-        elif str(device) != "cpu":
-            reason = f"device {device}: the exported backends run on the CPU only"
         elif plan.request.adaptation_budget_s:
             reason = "weights adapted in this run: measuring them would cost more than it saves"
-        if reason is not None or requested == "pytorch":
-            if requested not in ("auto", "pytorch"):
-                raise ValueError(
-                    f"Backend {requested} cannot run this model: {reason}; choose pytorch or auto."
-                )
-            return network, BackendChoice("pytorch", reason or "asked for")
-        return choose_backend(network, patch, requested, precision=precision)
+        return choose_backend(
+            network, patch, plan.request.backend, precision=precision, device=device, unavailable=reason
+        )
 
     def _image_for(self, member, images: MethodImages):
         """The image a member reads: the input for a plain network, else that of the member's modality."""
