@@ -135,6 +135,11 @@ def test_segment_writes_every_output_on_the_input_grid(tmp_path, phantom_files, 
     assert set(summary["metrics_against_reference"]) == {"artery", "vein", "micro", "vessel"}
     assert 0 <= summary["metrics_against_reference"]["vessel"]["dice"] <= 1
     assert summary["run_time_s"]["total"] > 0 and summary["device"] == "cpu"
+    # Every stage is timed on its own and none is counted twice: the stages add up to at most the total.
+    times = summary["run_time_s"]
+    stages = ("read", "imports", "segment", "scene_and_models", "write")
+    assert all(times[stage] >= 0 for stage in stages) and times["imports"] > 0
+    assert sum(times[stage] for stage in stages) <= times["total"] + 0.01
     # precision "auto": the machine's measured choice, and what the (unverified) tiny model ran in
     assert (
         summary["runtime"]["source"] in ("probe", "cache") and summary["runtime"]["timings_s"]["float32"] > 0

@@ -54,6 +54,17 @@ def test_auto_on_a_cpu_probes_once_caches_and_reuses_the_measurement(fresh_cache
     again = runtime.choose_runtime("cpu", "auto")
     assert again.source == "cache" and again.precision == first.precision
     assert again.timings_s == pytest.approx(first.timings_s)
+    # The peak rate of each precision tried is measured with it and cached with it.
+    assert set(first.peak_gflops) == set(first.timings_s) and first.peak_gflops["float32"] > 0
+    assert again.peak_gflops == pytest.approx(first.peak_gflops)
+
+
+def test_the_peak_rate_counts_two_operations_per_multiply_add(monkeypatch):
+    # A 2-thread CPU core does 10-200 GFLOP/s in float32; a clock that says each product took 1 s
+    # makes the rate exactly 2 n^3 / 1e9.
+    ticks = iter(range(100))
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: float(next(ticks)))
+    assert runtime.matmul_peak_gflops(torch.float32, size=64) == pytest.approx(2 * 64**3 / 1e9)
 
 
 def test_a_cache_from_another_machine_or_a_damaged_one_is_measured_again(fresh_cache):
@@ -71,6 +82,7 @@ def test_the_probe_chooses_bfloat16_only_when_it_measures_faster(monkeypatch):
     monkeypatch.setattr(
         runtime, "_seconds", lambda block, x, dtype: measured["bfloat16" if dtype else "float32"]
     )
+    monkeypatch.setattr(runtime, "matmul_peak_gflops", lambda dtype: 100.0)  # emulated bfloat16 is slow
     assert runtime.probe_cpu().precision == "bfloat16"
     measured["bfloat16"] = 0.95  # 1.05x: within timing noise
     slow = runtime.probe_cpu()

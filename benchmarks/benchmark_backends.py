@@ -13,8 +13,11 @@ normalised image, batch 1) by:
   OpenVINO held to float32), where installed.
 
 Printed: the best of ``--repeats`` runs after one warm-up, Mvoxel/s of the window, the speed ratio to the
-first row, and the largest absolute difference of the logits from PyTorch's (equal output means < 1e-3).
-A backend is worth adopting only where it is faster at equal output on the machine that runs it.
+first row, the largest absolute difference of the logits from PyTorch's (equal output means < 1e-3), and the
+share of the machine's peak each row reaches: the network's operations per window (PyTorch's
+``FlopCounterMode``, a multiply-add counted as 2) over its time, against the float32 rate of a large matrix
+product measured in the same run (``VesselSegLib.inference.runtime.matmul_peak_gflops``, what the runtime probe
+records). A backend is worth adopting only where it is faster at equal output on the machine that runs it.
 """
 
 from __future__ import annotations
@@ -29,17 +32,27 @@ import numpy as np
 import torch
 
 from VesselSegLib.inference.onnx_backend import LOADABLE_BACKENDS, best_seconds, export_network, load_runner
-from VesselSegLib.inference.runtime import machine_key
+from VesselSegLib.inference.runtime import machine_key, matmul_peak_gflops
 from VesselSegLib.models.memory_format import set_3d_memory_format
 from VesselSegLib.models.registry import ModelRegistry
 
 DEFAULT_MODELS = ("unet3d-baseline", "vnet-2pm", "umis")
 
 
+def window_gflop(network: torch.nn.Module, x: torch.Tensor) -> float:
+    """Operations of one forward pass on ``x`` in GFLOP (convolutions, matrix products; a multiply-add is 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return counter.get_total_flops() / 1e9
+
+
 def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[dict]:
     network = entry.load_network().eval()
     x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *patch), dtype=np.float32))
     voxels = float(np.prod(patch))
+    gflop = window_gflop(network, x)
     rows = []
 
     def add(backend: str, seconds: float, output: np.ndarray, reference: np.ndarray | None) -> None:
@@ -51,6 +64,8 @@ def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[
                 "s": seconds,
                 "mvox_s": voxels / seconds / 1e6,
                 "max_diff": diff,
+                "gflop": gflop,
+                "gflops": gflop / seconds,
             }
         )
 
@@ -99,17 +114,28 @@ def main(argv: list[str] | None = None) -> int:
             entry = registry.get(name)
             patch = tuple(args.patch or entry.patch_size_zyx)
             rows += bench_model(entry, patch, args.threads, args.repeats, Path(folder))
+    peak = matmul_peak_gflops(torch.float32)
     print(f"Machine: {json.dumps(machine_key())}; {args.threads} thread(s); best of {args.repeats}")
+    print(
+        f"Peak: a float32 matrix product runs at {peak:.1f} GFLOP/s on this machine ({args.threads} thread(s))."
+    )
     print()
-    print("| model | window | backend | s | Mvoxel/s | speed vs first row | max abs logit difference |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| model | window | GFLOP per window (kFLOP/voxel) | backend | s | Mvoxel/s | speed vs first row |"
+        " GFLOP/s | share of float32 peak | max abs logit difference |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     first: dict[str, float] = {}
     for row in rows:
         first.setdefault(row["model"], row["s"])
         patch = " x ".join(map(str, args.patch or registry.get(row["model"]).patch_size_zyx))
+        per_voxel = (
+            row["gflop"] * 1e6 / float(np.prod(args.patch or registry.get(row["model"]).patch_size_zyx))
+        )
         print(
-            f"| {row['model']} | {patch} | {row['backend']} | {row['s']:.3f} | {row['mvox_s']:.2f} | "
-            f"{first[row['model']] / row['s']:.2f}x | {row['max_diff']:.1e} |"
+            f"| {row['model']} | {patch} | {row['gflop']:.1f} ({per_voxel:.1f}) | {row['backend']} | "
+            f"{row['s']:.3f} | {row['mvox_s']:.2f} | {first[row['model']] / row['s']:.2f}x | "
+            f"{row['gflops']:.1f} | {row['gflops'] / peak:.0%} | {row['max_diff']:.1e} |"
         )
     return 0
 

@@ -8,6 +8,12 @@ the whole command (``os.wait4`` gives each child's own rusage). Scores against t
 computed afterwards from the written ``labels.nii.gz``, outside the timed run. 448 x 448 x 128 is
 the size of the TubeTK MRA volumes the VC-Net paper uses.
 
+Every stage of the run is a column (``summary.json``'s ``run_time_s``): start-up (the interpreter and the
+command's own imports), read, library imports (VTK, MRML, PyTorch, MONAI), normalise, infer, post-process,
+scene and models, write. ``--profile FOLDER`` runs each command under ``cProfile`` as well (``FOLDER/<run>.prof``,
+open with ``python -m pstats`` or snakeviz) and prints the functions with the most own time; the profiler
+slows pure-Python code, so the timed table comes from runs without it.
+
 ``--backends``: each network method runs once per backend (``--backend`` of the command; filters once), and
 "Dice vs first" compares its vessel map with the first backend's, so a faster backend shows it keeps the
 output. Each run starts with a fresh backend cache (a first use measures and exports; its time is in the
@@ -34,9 +40,19 @@ from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.vessel_classes import VESSEL_CLASS_BY_NAME
 
 
-def _run_method(input_path: Path, method: str, out: Path, device: str, backend: str, cache: Path) -> dict:
+def _run_method(
+    input_path: Path,
+    method: str,
+    out: Path,
+    device: str,
+    backend: str,
+    cache: Path,
+    profile: Path | None = None,
+) -> dict:
+    profiler = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
     command = [
         sys.executable,
+        *profiler,
         "-m",
         "VesselSegLib.cli.main",
         "segment",
@@ -57,6 +73,22 @@ def _run_method(input_path: Path, method: str, out: Path, device: str, backend: 
     run = run_measured(command, method)
     summary = json.loads((out / "summary.json").read_text())
     return {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"], "summary": summary}
+
+
+def _print_hot_spots(profile: Path, count: int = 15) -> None:
+    """The ``count`` functions with the most own time in ``profile``, a markdown table."""
+    import pstats
+
+    stats = pstats.Stats(
+        str(profile)
+    ).stats  # (file, line, name) -> (calls, primitive, own s, cumulative s, callers)
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:count]
+    print(f"\n# {profile.name}: functions with the most own time (under cProfile)")
+    print("| own s | cumulative s | calls | function |")
+    print("|---|---|---|---|")
+    for (filename, line, name), (_, calls, own, cumulative, _) in rows:
+        where = name if filename == "~" else f"{Path(filename).name}:{line} {name}"
+        print(f"| {own:.2f} | {cumulative:.2f} | {calls} | `{where}` |")
 
 
 def _score(out: Path, reference: np.ndarray, class_names: list[str]) -> dict:
@@ -84,6 +116,9 @@ def main() -> None:
     parser.add_argument(
         "--backends", nargs="+", default=["pytorch"], help="pytorch, openvino, onnxruntime, auto"
     )
+    parser.add_argument(
+        "--profile", type=Path, default=None, metavar="FOLDER", help="also run each command under cProfile"
+    )
     args = parser.parse_args()
     registry = ModelRegistry.default()
     methods = args.methods or list(dict.fromkeys([registry.default_for("TOF-MRA").name, "frangi"]))
@@ -98,6 +133,7 @@ def main() -> None:
         input_path = write_volume(Volume(image, spacing_xyz), folder / "phantom.nrrd")
         voxels = int(np.prod(args.shape))
         rows = []
+        profiles: list[Path] = []
         for method in methods:
             is_network = registry.get(method).kind in ("network", "ensemble")
             first_map = None
@@ -119,6 +155,22 @@ def main() -> None:
                     )
                     label += f" {run_name}" if run_name else ""
                     rows.append((label, run["wall_s"], summary["run_time_s"], run["peak_rss_mib"], metrics))
+                    if args.profile is not None:
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        name = "-".join(
+                            part for part in (method, backend, run_name.replace(" ", "-")) if part
+                        )
+                        profiled = args.profile / f"{name}.prof"
+                        _run_method(
+                            input_path,
+                            method,
+                            out.with_name(out.name + "-profiled"),
+                            args.device,
+                            backend,
+                            cache,
+                            profile=profiled,
+                        )
+                        profiles.append(profiled)
 
     print(
         f"# vesselseg segment on a {' x '.join(map(str, args.shape))} TOF-MRA phantom (seed {args.seed}), "
@@ -126,22 +178,37 @@ def main() -> None:
         f"device {args.device}"
     )
     print(
-        "| method | wall s (process) | start-up s | read s | segment s | scene + models s | write s | Mvoxel/s (wall) | peak RSS MiB |"
-        " Dice vessel | clDice vessel | Dice artery | Dice vein | Dice micro | Dice vs first |"
+        "| method | wall s (process) | start-up s | read s | imports s | normalise s | infer s | post-process s |"
+        " scene + models s | write s | Mvoxel/s (wall) | peak RSS MiB | Dice vessel | clDice vessel | Dice artery |"
+        " Dice vein | Dice micro | Dice vs first |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method, wall, times, peak, metrics in rows:
         vessel = metrics.get("vessel", {})
         per_class = [
             f"{metrics[name]['dice']:.3f}" if name in metrics else "-" for name in ("artery", "vein", "micro")
         ]
+        # "infer" is the network (or filter) and, for adaptive methods, the adaptation before it; resampling
+        # to the model's voxel size, when there is any, counts with normalising.
+        stages = (
+            times["read"],
+            times.get("imports", float("nan")),
+            times.get("normalise_s", 0.0) + times.get("resample_s", 0.0),
+            times.get("predict_s", 0.0) + times.get("adapt_s", 0.0),
+            times.get("postprocess_s", 0.0),
+            times["scene_and_models"],
+            times["write"],
+        )
         print(
-            f"| {method} | {wall:.1f} | {wall - times['total']:.1f} | {times['read']:.1f} | {times['segment']:.1f} | "
-            f"{times['scene_and_models']:.1f} | {times['write']:.1f} | {voxels / wall / 1e6:.2f} | {peak:.0f} | "
+            f"| {method} | {wall:.1f} | {wall - times['total']:.1f} | "
+            + " | ".join(f"{value:.1f}" for value in stages)
+            + f" | {voxels / wall / 1e6:.2f} | {peak:.0f} | "
             f"{vessel.get('dice', float('nan')):.3f} | {vessel.get('cldice', float('nan')):.3f} | "
             + " | ".join(per_class)
             + f" | {metrics['agreement']:.4f} |"
         )
+    for profile in profiles:
+        _print_hot_spots(profile)
 
 
 if __name__ == "__main__":

@@ -343,13 +343,18 @@ def run_segment(args: argparse.Namespace) -> dict:
     try:
         from VesselSegLib.io.output_folder import signals_deferred
 
+        tick = time.perf_counter()
         with signals_deferred():  # a signal raised inside VTK's or MRML's module set-up ends in a segfault
             from VesselSegLib.mrml.logic import VesselSegLogic
             from VesselSegLib.mrml.scene import create_headless_scene, volume_node_from_volume
+        # Loaded here rather than inside the Logic so that the profile says what they cost (about 5 s on a
+        # 2-core CPU: PyTorch, and MONAI, which loads all its submodules) instead of adding it to the scene's time.
+        import VesselSegLib.inference.sliding_window  # noqa: F401  (PyTorch and MONAI)
 
+        import_seconds = time.perf_counter() - tick
+        tick = time.perf_counter()
         scene = create_headless_scene()
         node = lambda volume, name: None if volume is None else volume_node_from_volume(scene, volume, name)  # noqa: E731
-        tick = time.perf_counter()
         outputs = VesselSegLogic().process(
             node(inputs.image, _node_name(args.input)),
             request,
@@ -389,9 +394,11 @@ def run_segment(args: argparse.Namespace) -> dict:
             measure_spacing_zyx=result.spacing_zyx,
             run_time_s={
                 "read": read_seconds,
+                "imports": import_seconds,  # VTK, MRML, PyTorch and MONAI, loaded on first use
                 "segment": result.seconds,
                 **result.timings,
-                # Segmentation node, closed surfaces, model and graph nodes in the MRML scene.
+                # The MRML scene with the input's volume node, the segmentation node, closed surfaces, model
+                # and graph nodes.
                 "scene_and_models": process_seconds - result.seconds,
                 "write": write_seconds,
                 "total": time.perf_counter() - started,

@@ -8,6 +8,10 @@ where the CPU has native bfloat16, under bfloat16 autocast; bfloat16 is chosen o
 :data:`MIN_SPEEDUP` times faster. The probe's result is cached per machine (CPU model and flags, PyTorch
 version, thread count) in ``VESSELSEG_CACHE_DIR`` (default ``~/.cache/vesselseg``), so it runs once.
 
+The probe also measures the machine's peak arithmetic rate in each precision it tries, a large matrix
+multiply (:func:`matmul_peak_gflops`), so a benchmark can say what fraction of the peak a network reaches
+(``benchmarks/benchmark_backends.py``).
+
 On CUDA, "auto" keeps float16 autocast (tensor cores); MPS runs float32.
 
 Reduced precision changes the output a little. It is applied to a model only when its registry entry lists
@@ -44,7 +48,10 @@ MAX_DICE_CHANGE = 0.002
 PROBE_SHAPE = (1, 8, 32, 128, 128)
 PROBE_WIDTHS = (16, 16)
 PROBE_REPEATS = 3
-CACHE_VERSION = 1
+#: Side of the square matrices whose product measures the peak rate (2 x 2048^3 = 17 GFLOP: about 0.1-0.5 s
+#: on a 2-core CPU in float32; large enough that oneDNN/BLAS runs at full speed).
+PEAK_MATMUL_SIZE = 2048
+CACHE_VERSION = 2
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -52,8 +59,9 @@ _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 class RuntimeChoice:
     """How the networks run: the device, the autocast precision (``"float32"``: none) and why.
 
-    ``timings_s`` holds the probe's seconds per candidate (empty when nothing was measured); ``source`` is
-    ``"probe"``, ``"cache"`` (the probe of an earlier run on this machine), ``"requested"`` or ``"default"``.
+    ``timings_s`` holds the probe's seconds per candidate (empty when nothing was measured) and
+    ``peak_gflops`` the matrix-multiply rate per candidate precision; ``source`` is ``"probe"``, ``"cache"``
+    (the probe of an earlier run on this machine), ``"requested"`` or ``"default"``.
     """
 
     device: str
@@ -61,6 +69,7 @@ class RuntimeChoice:
     reason: str
     source: str = "default"
     timings_s: dict[str, float] = field(default_factory=dict)
+    peak_gflops: dict[str, float] = field(default_factory=dict)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -77,6 +86,7 @@ class RuntimeChoice:
             f"{self.precision} is not verified for this model (registry entry's reduced_precision)",
             self.source,
             self.timings_s,
+            self.peak_gflops,
         )
 
     def as_record(self) -> dict:
@@ -147,21 +157,44 @@ def _seconds(block: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> fl
     return best
 
 
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = PEAK_MATMUL_SIZE) -> float:
+    """The CPU's arithmetic rate on a large matrix product in ``dtype``, GFLOP/s (2 size^3 operations;
+    best of :data:`PROBE_REPEATS` after a warm-up, on the current torch thread count).
+
+    What a network's convolutions could reach at most on this machine: a network's GFLOP/s divided by this
+    is the fraction of the peak it uses.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.mm(a, b)  # warm-up
+        for _ in range(PROBE_REPEATS):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - started)
+    return 2.0 * size**3 / best / 1e9
+
+
 def probe_cpu() -> RuntimeChoice:
-    """Time the probe block in float32 and, on a CPU with native bfloat16, in bfloat16; choose (seconds)."""
+    """Time the probe block in float32 and, on a CPU with native bfloat16, in bfloat16; choose (seconds).
+    Each precision's matrix-multiply peak (:func:`matmul_peak_gflops`) is recorded with it."""
     generator = torch.Generator().manual_seed(0)
     block = _probe_block()
     x = torch.randn(PROBE_SHAPE, generator=generator).contiguous(memory_format=torch.channels_last_3d)
     timings = {"float32": _seconds(block, x, None)}
+    peaks = {"float32": matmul_peak_gflops(torch.float32)}
     if not cpu_has_native_bfloat16():
         return RuntimeChoice(
-            "cpu", "float32", "the CPU has no native bfloat16 (AVX512-BF16/AMX)", "probe", timings
+            "cpu", "float32", "the CPU has no native bfloat16 (AVX512-BF16/AMX)", "probe", timings, peaks
         )
     timings["bfloat16"] = _seconds(block, x, torch.bfloat16)
+    peaks["bfloat16"] = matmul_peak_gflops(torch.bfloat16)
     speedup = timings["float32"] / timings["bfloat16"]
     if speedup >= MIN_SPEEDUP:
         return RuntimeChoice(
-            "cpu", "bfloat16", f"bfloat16 {speedup:.2f}x faster in the probe", "probe", timings
+            "cpu", "bfloat16", f"bfloat16 {speedup:.2f}x faster in the probe", "probe", timings, peaks
         )
     return RuntimeChoice(
         "cpu",
@@ -169,6 +202,7 @@ def probe_cpu() -> RuntimeChoice:
         f"bfloat16 only {speedup:.2f}x float32 in the probe (< {MIN_SPEEDUP})",
         "probe",
         timings,
+        peaks,
     )
 
 
@@ -184,6 +218,7 @@ def _cached_probe(key: dict) -> RuntimeChoice | None:
             choice["reason"],
             "cache",
             {k: float(v) for k, v in choice["timings_s"].items()},
+            {k: float(v) for k, v in choice["peak_gflops"].items()},
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # no cache, or one from another version: probe again
@@ -256,5 +291,6 @@ __all__ = [
     "choose_runtime",
     "cpu_has_native_bfloat16",
     "machine_key",
+    "matmul_peak_gflops",
     "probe_cpu",
 ]
