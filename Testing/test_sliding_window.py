@@ -121,3 +121,36 @@ def test_patch_shrinks_to_thin_volumes_keeping_the_network_divisor():
     image = np.random.default_rng(4).random((6, 40, 24)).astype(np.float32)
     output = predict_probabilities(network, image, patch_size_zyx=(128, 64, 64), device="cpu")
     assert output.shape == (1, 6, 40, 24)
+
+
+def test_gpu_out_of_memory_falls_back_to_cpu_stitching_then_to_the_cpu(monkeypatch):
+    """The CUDA fallback chain, run on a CPU: every pass on "cuda" raises out-of-memory, as a full GPU would;
+    the result must be the CPU's, in float32, from the same windows."""
+    from VesselSegLib.inference import sliding_window
+
+    real_run = sliding_window._run
+    attempts = []
+
+    def run_on_a_full_gpu(network, image, settings, batch_size, device, precision, stitch_device=None):
+        attempts.append((device.type, None if stitch_device is None else stitch_device.type, precision))
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_run(network, image, settings, batch_size, device, precision, stitch_device)
+
+    monkeypatch.setattr(sliding_window, "_run", run_on_a_full_gpu)
+    monkeypatch.setattr(sliding_window, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    image = np.random.default_rng(3).normal(size=(20, 40, 40)).astype(np.float32)
+    output = predict_probabilities(IdentityLogits(1), image, patch_size_zyx=(16, 32, 32), device="cuda")
+    assert attempts == [("cuda", None, "auto"), ("cuda", "cpu", "auto"), ("cpu", None, "float32")]
+    np.testing.assert_allclose(output[0], 1 / (1 + np.exp(-image)), atol=1e-5)
+
+
+def test_the_input_volume_is_placed_once_per_pass():
+    from VesselSegLib.inference.sliding_window import input_placement
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert input_placement(cpu) == (cpu, False)  # nothing moves on a CPU
+    assert input_placement(gpu) == (gpu, False)  # cut into windows on the GPU, no copy per window
+    assert input_placement(gpu, gpu) == (gpu, False)
+    assert input_placement(gpu, cpu) == (cpu, True)  # stitched on the CPU: windows from pinned memory

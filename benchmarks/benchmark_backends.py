@@ -9,6 +9,8 @@ normalised image, batch 1) by:
 
 - PyTorch, float32, channels_last_3d (what ``predict_probabilities`` does on a CPU);
 - PyTorch, float32, contiguous (the layout without oneDNN's blocked kernels);
+- with ``--compile``, PyTorch after ``torch.compile`` (the Inductor backend; its one-off compile time is printed
+  apart, not in the row);
 - OpenVINO CPU and ONNX Runtime CPU, each as ``onnx_backend.load_runner`` loads it (``--threads`` threads,
   OpenVINO held to float32), where installed.
 
@@ -26,6 +28,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +51,9 @@ def window_gflop(network: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[dict]:
+def bench_model(
+    entry, patch, threads: int, repeats: int, folder: Path, compile_network: bool = False
+) -> list[dict]:
     network = entry.load_network().eval()
     x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *patch), dtype=np.float32))
     voxels = float(np.prod(patch))
@@ -77,6 +82,21 @@ def bench_model(entry, patch, threads: int, repeats: int, folder: Path) -> list[
         seconds = best_seconds(lambda: network(x_last), repeats)
         reference = network(x_last).float().numpy()
     add("pytorch channels_last_3d", seconds, reference, None)
+    if compile_network:
+        compiled = torch.compile(network)
+        with torch.no_grad():
+            started = time.perf_counter()
+            compiled(x_last)  # compiles
+            print(
+                f"{entry.name}: torch.compile took {time.perf_counter() - started:.1f} s on the first window"
+            )
+            seconds = best_seconds(lambda: compiled(x_last), repeats)
+            add(
+                "pytorch compiled (inductor) channels_last_3d",
+                seconds,
+                compiled(x_last).float().numpy(),
+                reference,
+            )
     set_3d_memory_format(network, torch.contiguous_format)
     with torch.no_grad():
         seconds = best_seconds(lambda: network(x), repeats)
@@ -105,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"), help="default: the registry's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile (Inductor) row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     registry = ModelRegistry.default()
@@ -113,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             entry = registry.get(name)
             patch = tuple(args.patch or entry.patch_size_zyx)
-            rows += bench_model(entry, patch, args.threads, args.repeats, Path(folder))
+            rows += bench_model(entry, patch, args.threads, args.repeats, Path(folder), args.compile)
     peak = matmul_peak_gflops(torch.float32)
     print(f"Machine: {json.dumps(machine_key())}; {args.threads} thread(s); best of {args.repeats}")
     print(

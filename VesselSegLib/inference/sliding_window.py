@@ -275,7 +275,30 @@ def predict_outputs(
         except torch.cuda.OutOfMemoryError:
             logger.warning("GPU still out of memory; falling back to the CPU (slower).")
             torch.cuda.empty_cache()
-            return _run(network, image, settings, batch_size, torch.device("cpu"), False)
+            # float32 on the CPU: the GPU's float16 does not exist there, and bfloat16 is for the probe to choose.
+            return _run(network, image, settings, batch_size, torch.device("cpu"), "float32")
+
+
+def input_placement(
+    device: torch.device, stitch_device: torch.device | None = None
+) -> tuple[torch.device, bool]:
+    """Where the whole input volume sits during a pass on ``device``, and whether it is page-locked.
+
+    On a GPU that also stitches (the default), the volume goes to the GPU once and MONAI cuts the windows
+    there: no copy per window (a 448 x 448 x 128 float32 volume is 100 MB, small beside the network's
+    activations). When stitching falls back to the CPU after an out-of-memory error, the volume stays in CPU
+    memory, pinned, so that each window's copy to the GPU is asynchronous. On a CPU nothing moves.
+
+    Returns
+    -------
+    (torch.device, bool)
+        The volume's device and whether to pin it.
+    """
+    if device.type != "cuda":
+        return torch.device("cpu"), False
+    if stitch_device is None or stitch_device.type == "cuda":
+        return device, False
+    return torch.device("cpu"), True
 
 
 @dataclass(frozen=True)
@@ -348,7 +371,7 @@ def _run(
         nonlocal done
         if settings.cancel is not None and settings.cancel():
             raise SegmentationCancelled("Segmentation cancelled by the user.")
-        window = window.to(device)
+        window = window.to(device, non_blocking=True)  # from pinned memory, the copy overlaps the GPU's work
         # Test-time augmentation sits here, per window, rather than around the whole scan: memory stays one
         # window's worth (not four volume-sized accumulators), MONAI keeps the same windows and Gaussian
         # weights, and a window's output still depends on that window alone, so streaming tile by tile
@@ -364,6 +387,8 @@ def _run(
         return output.contiguous()
 
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    volume_device, pinned = input_placement(device, stitch_device)
+    volume = volume.pin_memory() if pinned else volume.to(volume_device)
     try:
         with torch.inference_mode():
             # A window's output s times its size: MONAI places it at s times the window's position, with the
