@@ -249,7 +249,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros((1, 8, 8)))
     with pytest.raises(ValueError, match="fewer than 3 axes"):
         open_volume_lazily(tmp_path / "flat.npy")
-    with pytest.raises(ValueError, match="a .npy name"):
+    with pytest.raises(ValueError, match="ending in .npy or .ome.zarr"):
         _stream(_stack((8, 16, 16)), tmp_path / "out.nrrd")
 
 
@@ -424,3 +424,73 @@ def test_stream_command_refuses_bad_requests_and_leaves_no_folder(tmp_path, caps
     assert "Convert it" in capsys.readouterr().err
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_ome_zarr_output_holds_what_the_npy_holds_with_its_geometry(tmp_path):
+    """Streaming into an OME-Zarr image gives the .npy's voxels, chunked, with the voxel size and origin in
+    its NGFF metadata; a failed run leaves no folder, and an existing one is never written over."""
+    import zarr
+
+    stack = _stack()
+    geometry = {
+        "spacing_zyx": (0.002, 0.001, 0.001),
+        "origin_xyz": (4.0, 5.0, 6.0),
+        "channel_names": ["a", "b"],
+    }
+    expected = np.load(_stream(stack, tmp_path / "probabilities.npy"))
+    out = _stream(stack, tmp_path / "probabilities.ome.zarr", geometry=geometry)
+    group = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(group["0"][:], expected)
+    assert group["0"].chunks[0] == 1  # one class per chunk
+    image = group.attrs["ome"]["multiscales"][0]
+    assert [axis["name"] for axis in image["axes"]] == ["c", "z", "y", "x"]
+    transforms = {t["type"]: t for t in image["datasets"][0]["coordinateTransformations"]}
+    assert transforms["scale"]["scale"] == pytest.approx([1, 0.002, 0.001, 0.001])
+    assert transforms["translation"]["translation"] == pytest.approx([0, 6.0, 5.0, 4.0])  # (Z, Y, X)
+    assert group.attrs["vesselseg"]["channels"] == ["a", "b"]
+
+    with pytest.raises(ValueError, match="already exists"):  # written once, never over
+        _stream(stack, out, geometry=geometry)
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], expected)
+
+    polls = {"n": 0}
+
+    def cancel_later() -> bool:
+        polls["n"] += 1
+        return polls["n"] > 200
+
+    with pytest.raises(SegmentationCancelled):
+        _stream(stack, tmp_path / "cancelled.ome.zarr", batch_size=4, cancel=cancel_later, geometry=geometry)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probabilities.npy", "probabilities.ome.zarr"]
+
+
+def test_stream_command_writes_ome_zarr_that_reads_back_on_the_input_grid(tmp_path):
+    from VesselSegLib.cli.main import main
+
+    stack, _ = _registry_stack(tmp_path)
+    path = tmp_path / "stack.nrrd"
+    image = sitk.GetImageFromArray(stack)
+    image.SetSpacing((0.001, 0.001, 0.002))
+    image.SetOrigin((1.5, -2.0, 3.25))
+    image.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1))  # X and Y swapped: kept beside the NGFF metadata
+    sitk.WriteImage(image, str(path), useCompression=False)
+    common = ["--method", "unet3d-baseline", "--tile", "8", "32", "32", "--patch-size", "8", "32", "32",
+              "--batch-size", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main(["stream", str(path), "--out", str(tmp_path / "nrrd"), *common]) == 0
+    assert (
+        main(["stream", str(path), "--out", str(tmp_path / "zarr"), "--output-format", "ome-zarr", *common])
+        == 0
+    )
+
+    labels = open_volume_lazily(tmp_path / "zarr" / "labels.ome.zarr")
+    reference = open_volume_lazily(tmp_path / "nrrd" / "labels.nrrd")
+    np.testing.assert_array_equal(labels[:], reference[:])
+    assert np.count_nonzero(labels[:]) > 100
+    assert labels.grid == reference.grid == open_volume_lazily(path).grid  # spacing, origin, direction
+    summary = json.loads((tmp_path / "zarr" / "summary.json").read_text())
+    assert summary["files"] == {"labels": "labels.ome.zarr", "probabilities": "probabilities.ome.zarr"}
+    import zarr
+
+    probabilities = zarr.open_group(str(tmp_path / "zarr" / "probabilities.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(probabilities["0"][:], np.load(tmp_path / "nrrd" / "probabilities.npy"))
+    assert probabilities.attrs["vesselseg"]["channels"] == ["artery", "vein", "micro"]

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_stream_command(commands) -> None:
     stream = commands.add_parser(
         "stream",
-        help="Segment a stack larger than memory tile by tile (probabilities.npy, labels.nrrd).",
+        help="Segment a stack larger than memory tile by tile (probabilities and class map, NRRD/npy or OME-Zarr).",
         description="Reads tiles from a TIFF stack, raw NRRD, .npy file or (OME-)Zarr store and writes the probabilities and "
         "the class map tile by tile, so memory stays bounded whatever the stack size. No MRML scene, "
         "models, preview or small-component removal: use 'segment' for volumes that fit in memory.",
@@ -123,7 +123,14 @@ def _add_stream_command(commands) -> None:
         "--output-dtype",
         default="float16",
         choices=("float16", "uint8", "float32"),
-        help="Type of probabilities.npy (default float16).",
+        help="Type of the stored probabilities (default float16).",
+    )
+    stream.add_argument(
+        "--output-format",
+        default="nrrd",
+        choices=("nrrd", "ome-zarr"),
+        help="nrrd: labels.nrrd and probabilities.npy (default); ome-zarr: labels.ome.zarr and "
+        "probabilities.ome.zarr, chunked and compressed, for napari, Fiji/BigDataViewer, neuroglancer.",
     )
     stream.add_argument(
         "--force",
@@ -174,6 +181,7 @@ def run_stream(args: argparse.Namespace) -> dict:
             spacing_xyz=None if args.spacing is None else tuple(args.spacing),
             tile_size_zyx=tuple(args.tile) if args.tile else DEFAULT_TILE_SIZE_ZYX,
             output_dtype=args.output_dtype,
+            output_format=args.output_format,
             dask_client=client,
             progress=progress,
         )

@@ -102,11 +102,12 @@ def write_raw_nrrd_header(
 
 
 class _ClassMapWriter:
-    """The class map as a raw uint8 NRRD on the input's grid, filled tile core by tile core.
+    """The class map on the input's grid, filled tile core by tile core: a raw uint8 NRRD (memory-mapped
+    while one core is written), or an OME-Zarr image (:mod:`VesselSegLib.io.ome_zarr`).
 
     Each core is thresholded from the network's float32 probabilities (``on_tile_core`` of
     :func:`~VesselSegLib.inference.streaming.stream_segment_probabilities`), exactly as ``vesselseg segment``
-    thresholds the whole volume, whatever type ``probabilities.npy`` is stored in. Small components are not
+    thresholds the whole volume, whatever type the probabilities are stored in. Small components are not
     removed (that needs the whole map).
     """
 
@@ -114,23 +115,52 @@ class _ClassMapWriter:
         self.path, self.class_names, self.thresholds = path, tuple(class_names), dict(thresholds)
         self.spacing_zyx = tuple(reversed(grid.spacing_xyz))
         self.shape = tuple(grid.shape_zyx)
-        self.offset = write_raw_nrrd_header(
-            path, self.shape, np.uint8, self.spacing_zyx, origin_xyz=grid.origin_xyz, direction=grid.direction
-        )
-        with open(path, "r+b") as handle:  # grow the file to its full size before mapping it
-            handle.truncate(self.offset + math.prod(self.shape))
+        self.zarr_array = None
+        if path.suffix.lower() == ".zarr":
+            from VesselSegLib.io.ome_zarr import create_ome_zarr_image
+
+            self.zarr_array = create_ome_zarr_image(
+                path,
+                self.shape,
+                np.uint8,
+                spacing_zyx=self.spacing_zyx,
+                origin_xyz=grid.origin_xyz,
+                direction=grid.direction,
+                name="labels",
+            )
+        else:
+            self.offset = write_raw_nrrd_header(
+                path,
+                self.shape,
+                np.uint8,
+                self.spacing_zyx,
+                origin_xyz=grid.origin_xyz,
+                direction=grid.direction,
+            )
+            with open(path, "r+b") as handle:  # grow the file to its full size before mapping it
+                handle.truncate(self.offset + math.prod(self.shape))
         self.counts = dict.fromkeys(self.class_names, 0)
 
     def __call__(self, core: tuple[slice, slice, slice], probabilities: np.ndarray) -> None:
         maps = {name: probabilities[index] for index, name in enumerate(self.class_names)}
         class_map = build_class_map(maps, spacing_zyx=self.spacing_zyx, thresholds=self.thresholds)
-        labels = np.memmap(self.path, dtype=np.uint8, mode="r+", offset=self.offset, shape=self.shape)
-        labels[core] = class_map
-        labels.flush()
-        del labels  # unmapped: written pages belong to the file cache, not to this process
+        if self.zarr_array is not None:
+            self.zarr_array[core] = class_map
+        else:
+            labels = np.memmap(self.path, dtype=np.uint8, mode="r+", offset=self.offset, shape=self.shape)
+            labels[core] = class_map
+            labels.flush()
+            del labels  # unmapped: written pages belong to the file cache, not to this process
         per_label = np.bincount(class_map.ravel(), minlength=len(VESSEL_CLASSES) + 1)
         for name in self.class_names:
             self.counts[name] += int(per_label[VESSEL_CLASS_BY_NAME[name].label_value])
+
+
+#: ``vesselseg stream``'s output formats: the file names of the class map and of the probabilities.
+OUTPUT_FILES = {
+    "nrrd": {"labels": "labels.nrrd", "probabilities": "probabilities.npy"},
+    "ome-zarr": {"labels": "labels.ome.zarr", "probabilities": "probabilities.ome.zarr"},
+}
 
 
 def _check_streamable(plan: SegmentationPlan) -> None:
@@ -179,15 +209,17 @@ def segment_large_volume(
     spacing_xyz: Sequence[float] | None = None,
     tile_size_zyx: Sequence[int] = DEFAULT_TILE_SIZE_ZYX,
     output_dtype: str = "float16",
+    output_format: str = "nrrd",
     dask_client=None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> dict:
     """Segment the volume in ``input_path`` tile by tile into ``output_dir``, with bounded memory.
 
-    Writes ``probabilities.npy`` (``(C, Z, Y, X)`` of ``output_dtype``, classes in the model's order) and
-    ``labels.nrrd`` (raw uint8 class map: 1 artery, 2 vein, 3 micro; thresholds per class, overlaps to the
-    higher probability) on the input's grid (spacing, origin and direction kept). The folder must exist; the
+    Writes the probabilities (``(C, Z, Y, X)`` of ``output_dtype``, classes in the model's order) and the
+    class map (uint8: 1 artery, 2 vein, 3 micro; thresholds per class, overlaps to the higher probability) on
+    the input's grid (spacing, origin and direction kept): ``probabilities.npy`` and a raw ``labels.nrrd``, or
+    ``probabilities.ome.zarr`` and ``labels.ome.zarr`` (:data:`OUTPUT_FILES`). The folder must exist; the
     caller makes it atomic (the CLI stages it).
 
     Parameters
@@ -206,6 +238,9 @@ def segment_large_volume(
         Voxel size in mm, overriding the file's (required when the file has none: 2PM stacks are in um).
     tile_size_zyx, output_dtype
         As for :func:`~VesselSegLib.inference.streaming.stream_segment_probabilities`.
+    output_format : {"nrrd", "ome-zarr"}
+        The files written (:data:`OUTPUT_FILES`); OME-Zarr is chunked and compressed, for viewers and
+        object stores (:mod:`VesselSegLib.io.ome_zarr`).
     dask_client : distributed.Client, optional
         Compute the tiles on this Dask cluster (:mod:`VesselSegLib.inference.distributed`; its workers run
         PyTorch on their CPUs and read ``input_path`` themselves); the outputs are those of one process.
@@ -222,6 +257,9 @@ def segment_large_volume(
     output_dir = Path(output_dir)
     request, entry = plan.request, plan.entry
     _check_streamable(plan)
+    if output_format not in OUTPUT_FILES:
+        raise ValueError(f"Output format must be one of {', '.join(OUTPUT_FILES)}, got {output_format!r}.")
+    files = OUTPUT_FILES[output_format]
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     with open_volume_lazily(input_path) as stack:
@@ -282,11 +320,11 @@ def segment_large_volume(
             size_divisor_zyx=divisor,
         )
         thresholds = plan.thresholds_for(entry)
-        class_map = _ClassMapWriter(output_dir / "labels.nrrd", grid, entry.vessel_classes, thresholds)
+        class_map = _ClassMapWriter(output_dir / files["labels"], grid, entry.vessel_classes, thresholds)
         stream_segment_probabilities(
             network,
             source,
-            output_dir / "probabilities.npy",
+            output_dir / files["probabilities"],
             patch_size_zyx=patch,
             normalisation=normalisation,
             tile_size_zyx=tile_size_zyx,
@@ -297,6 +335,12 @@ def segment_large_volume(
             precision=precision,
             test_time_augmentation=request.test_time_augmentation,
             on_tile_core=class_map,
+            geometry={
+                "spacing_zyx": tuple(reversed(grid.spacing_xyz)),
+                "origin_xyz": grid.origin_xyz,
+                "direction": grid.direction,
+                "channel_names": list(entry.vessel_classes),
+            },
             tile_cores=None
             if dask_client is None
             else _dask_tiles(dask_client, input_path, plan, normalisation, precision),
@@ -322,7 +366,7 @@ def segment_large_volume(
         "thresholds": {name: thresholds.get(name, 0.5) for name in kept},
         "voxel_count": {name: counts[name] for name in kept},
         "measure_spacing_zyx": spacing.spacing_zyx,
-        "files": {"probabilities": "probabilities.npy", "labels": "labels.nrrd"},
+        "files": dict(files),
         "spacing_check": spacing.as_record(),
         "resampling": resampling.as_record(),
         "preprocessing": {"steps": ["subtract_slice_median"]}
@@ -348,4 +392,4 @@ def segment_large_volume(
     }
 
 
-__all__ = ["segment_large_volume", "write_raw_nrrd_header"]
+__all__ = ["OUTPUT_FILES", "segment_large_volume", "write_raw_nrrd_header"]

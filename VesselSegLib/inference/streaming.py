@@ -47,7 +47,7 @@ from VesselSegLib.inference.sliding_window import (
     fit_patch_to_volume,
     predict_probabilities,
 )
-from VesselSegLib.io.atomic import atomic_write_path
+from VesselSegLib.io.atomic import atomic_write_directory, atomic_write_path
 
 # The readers live in VesselSegLib.io.lazy; these names stay importable from here for existing callers.
 from VesselSegLib.io.lazy import (  # noqa: F401
@@ -450,9 +450,62 @@ def _to_output(probabilities: np.ndarray, output_dtype: str) -> np.ndarray:
     return probabilities.astype(output_dtype)
 
 
-def _write_cores(temporary, cores, tiles, shape, output_dtype, on_tile_core, progress, cancel) -> None:
-    """Write ``(index, float32 core probabilities)`` pairs, in any order, into the ``.npy`` at ``temporary``."""
-    output = None
+class _NpyCores:
+    """Tile cores into a ``(C, Z, Y, X)`` ``.npy`` on disk, mapped only while one core is written (written
+    pages then belong to the file cache, not to this process)."""
+
+    def __init__(
+        self, path: Path, shape_zyx: tuple[int, int, int], output_dtype: str, geometry: dict
+    ) -> None:
+        self.path, self.shape, self.output_dtype = path, shape_zyx, output_dtype
+        self.channels: int | None = None
+
+    def write(self, core: tuple[slice, slice, slice], values: np.ndarray) -> None:
+        mode = "w+" if self.channels is None else "r+"
+        self.channels = values.shape[0]
+        output = np.lib.format.open_memmap(
+            self.path, mode=mode, dtype=self.output_dtype, shape=(self.channels, *self.shape)
+        )
+        output[(slice(None), *core)] = values
+        output.flush()
+        del output
+
+
+class _OmeZarrCores:
+    """Tile cores into an OME-Zarr image (:mod:`VesselSegLib.io.ome_zarr`), created at the first core."""
+
+    def __init__(
+        self, path: Path, shape_zyx: tuple[int, int, int], output_dtype: str, geometry: dict
+    ) -> None:
+        self.path, self.shape, self.output_dtype, self.geometry = path, shape_zyx, output_dtype, geometry
+        self.array = None
+        self.channels: int | None = None
+
+    def write(self, core: tuple[slice, slice, slice], values: np.ndarray) -> None:
+        from VesselSegLib.io.ome_zarr import create_ome_zarr_image
+
+        if self.array is None:
+            self.channels = values.shape[0]
+            names = self.geometry.get("channel_names") or [f"class {i}" for i in range(self.channels)]
+            self.array = create_ome_zarr_image(
+                self.path,
+                self.shape,
+                self.output_dtype,
+                spacing_zyx=self.geometry.get("spacing_zyx") or (1.0, 1.0, 1.0),
+                origin_xyz=self.geometry.get("origin_xyz", (0.0, 0.0, 0.0)),
+                direction=self.geometry.get("direction"),
+                channels=list(names)[: self.channels],
+                name="probabilities",
+            )
+        self.array[(slice(None), *core)] = values
+
+
+def _write_cores(sink, cores, tiles, output_dtype, on_tile_core, progress, cancel) -> None:
+    """Write ``(tile index, float32 core probabilities)`` pairs, in any order, into ``sink``.
+
+    The one writer of both ways of computing the tiles (here, one after another, or on a Dask cluster): each
+    core goes to ``on_tile_core`` at full precision, then into the output in ``output_dtype``.
+    """
     total = sum(tile.windows for tile in tiles)
     done = 0
     written = set()
@@ -461,23 +514,48 @@ def _write_cores(temporary, cores, tiles, shape, output_dtype, on_tile_core, pro
             raise SegmentationCancelled("Segmentation cancelled by the user.")
         if index in written:  # a retried task that finished twice: the first result stands
             continue
+        if sink.channels is not None and core.shape[0] != sink.channels:
+            raise ValueError(
+                f"The network gave {core.shape[0]} channels on tile {index + 1} but {sink.channels} "
+                "before; it must give the same number on every tile."
+            )
         tile = tiles[index]
         if on_tile_core is not None:
             on_tile_core(tile.core, core)
-        core = _to_output(core, output_dtype)
-        if output is None:
-            output = np.lib.format.open_memmap(
-                temporary, mode="w+", dtype=output_dtype, shape=(core.shape[0], *shape)
-            )
-        output[(slice(None), *tile.core)] = core
+        sink.write(tile.core, _to_output(core, output_dtype))
         written.add(index)
         done += tile.windows
         if progress is not None:
             progress(min(done / total, 1.0), f"Tile {len(written)}/{len(tiles)} done")
-    if output is None or len(written) != len(tiles):
+    if len(written) != len(tiles):
         raise RuntimeError(f"Only {len(written)} of {len(tiles)} tiles came back from the workers.")
-    output.flush()
-    del output
+
+
+def _tile_cores_here(network, source, tiles, patch, normalisation, options, progress, cancel):
+    """``(tile index, float32 core probabilities)`` of each tile, computed in this process one after another;
+    progress counts windows across all tiles."""
+    total_windows = sum(tile.windows for tile in tiles)
+    windows_done = 0
+    for index, tile in enumerate(tiles):
+        if cancel is not None and cancel():
+            raise SegmentationCancelled("Segmentation cancelled by the user.")
+        raw = np.asarray(source[tile.read])
+        image = normalisation.apply(raw) if normalisation is not None else raw.astype(np.float32)
+        del raw
+
+        def tile_progress(
+            fraction: float, message: str, _done: int = windows_done, _tile: StreamTile = tile, _index=index
+        ) -> None:
+            if progress is not None:
+                overall = (_done + fraction * _tile.windows) / total_windows
+                progress(min(overall, 1.0), f"Tile {_index + 1}/{len(tiles)}: {message}")
+
+        probabilities = predict_probabilities(
+            network, image, patch_size_zyx=patch, progress=tile_progress, cancel=cancel, **options
+        )
+        del image
+        yield index, probabilities[(slice(None), *tile.core_in_read)]
+        windows_done += tile.windows
 
 
 def stream_segment_probabilities(
@@ -498,10 +576,12 @@ def stream_segment_probabilities(
     on_tile_core: Callable[[tuple[slice, slice, slice], np.ndarray], None] | None = None,
     tile_cores: Callable[[Sequence[StreamTile], tuple[int, int, int]], Iterable[tuple[int, np.ndarray]]]
     | None = None,
+    geometry: dict | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Path:
-    """Per-class probabilities of a volume too large for memory, tile by tile, into a ``.npy`` file.
+    """Per-class probabilities of a volume too large for memory, tile by tile, into a ``.npy`` file or an
+    OME-Zarr image.
 
     Each tile of :func:`plan_stream_tiles` is read (core plus halo) from ``source``, mapped with the global
     ``normalisation``, run through :func:`~VesselSegLib.inference.sliding_window.predict_probabilities`, and
@@ -533,7 +613,8 @@ def stream_segment_probabilities(
     source : LazyVolume or ndarray, shape (Z, Y, X)
         From :func:`open_volume_lazily`; an in-memory array also works.
     output_path : path
-        A ``.npy`` file; it will hold ``(C, Z, Y, X)`` probabilities of ``output_dtype``.
+        A ``.npy`` file, or an ``.ome.zarr`` folder that does not exist yet (:mod:`VesselSegLib.io.ome_zarr`);
+        it will hold ``(C, Z, Y, X)`` probabilities of ``output_dtype``.
     patch_size_zyx : 3 int
         Sliding-window patch (the model's).
     normalisation : IntensityNormalisation or None
@@ -555,6 +636,9 @@ def stream_segment_probabilities(
         Called with each tile core's full-precision probabilities before they are cast to ``output_dtype``
         (``vesselseg stream`` thresholds them into the class map there, so that a float16 file does not
         change any voxel of the class map).
+    geometry : dict, optional
+        For an OME-Zarr output: ``spacing_zyx`` (mm), ``origin_xyz``, ``direction`` and ``channel_names``
+        (the vessel classes), written into its metadata.
     progress : callable(fraction, message), optional
         Fraction of all windows done.
     cancel : callable() -> bool, optional
@@ -563,11 +647,15 @@ def stream_segment_probabilities(
     Returns
     -------
     Path
-        ``output_path``; load with ``numpy.load(path, mmap_mode="r")``.
+        ``output_path``; load a ``.npy`` with ``numpy.load(path, mmap_mode="r")``, an OME-Zarr image with
+        :func:`VesselSegLib.io.open_volume_lazily` (one class) or ``zarr.open(path)["0"]``.
     """
     output_path = Path(output_path)
-    if output_path.suffix.lower() != ".npy":
-        raise ValueError(f"The streamed output is a .npy file; got {output_path.name}. Use a .npy name.")
+    if output_path.suffix.lower() not in (".npy", ".zarr"):
+        raise ValueError(
+            f"The streamed output is a .npy file or an OME-Zarr folder; got {output_path.name}. Use a name "
+            "ending in .npy or .ome.zarr."
+        )
     if output_dtype not in OUTPUT_DTYPES:
         raise ValueError(f"output_dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {output_dtype!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -598,71 +686,28 @@ def stream_segment_probabilities(
         )
         / 1e9,
     )
-    with atomic_write_path(output_path, suffix=".npy") as temporary:
-        if tile_cores is not None:  # computed elsewhere (a Dask cluster): write the cores as they arrive
-            _write_cores(
-                temporary,
-                tile_cores(tiles, patch),
-                tiles,
-                shape,
-                output_dtype,
-                on_tile_core,
-                progress,
-                cancel,
-            )
-            tiles = []
-        created = False
-        windows_done = 0
-        for index, tile in enumerate(tiles):
-            if cancel is not None and cancel():
-                raise SegmentationCancelled("Segmentation cancelled by the user.")
-            raw = np.asarray(source[tile.read])
-            image = normalisation.apply(raw) if normalisation is not None else raw.astype(np.float32)
-            del raw
-
-            def tile_progress(
-                fraction: float,
-                message: str,
-                _done: int = windows_done,
-                _tile: StreamTile = tile,
-                _index=index,
-            ) -> None:
-                if progress is not None:
-                    overall = (_done + fraction * _tile.windows) / total_windows
-                    progress(min(overall, 1.0), f"Tile {_index + 1}/{len(tiles)}: {message}")
-
-            probabilities = predict_probabilities(
-                network,
-                image,
-                patch_size_zyx=patch,
-                overlap=overlap,
-                batch_size=batch_size,
-                device=device,
-                blend_mode=blend_mode,
-                precision=precision,
-                test_time_augmentation=test_time_augmentation,
-                progress=tile_progress,
-                cancel=cancel,
-            )
-            del image
-            core = probabilities[(slice(None), *tile.core_in_read)]
-            if on_tile_core is not None:
-                on_tile_core(tile.core, core)
-            core = _to_output(core, output_dtype)
-            del probabilities
-            mode = "r+" if created else "w+"
-            out_shape = (core.shape[0], *shape)
-            output = np.lib.format.open_memmap(temporary, mode=mode, dtype=output_dtype, shape=out_shape)
-            if output.shape != out_shape:
-                raise ValueError(
-                    f"The network gave {core.shape[0]} channels on tile {index + 1} but {output.shape[0]} "
-                    "before; it must give the same number on every tile."
-                )
-            output[(slice(None), *tile.core)] = core
-            output.flush()
-            del output, core  # unmaps the file: written pages belong to the file cache, not this process
-            created = True
-            windows_done += tile.windows
+    options = dict(
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        blend_mode=blend_mode,
+        precision=precision,
+        test_time_augmentation=test_time_augmentation,
+    )
+    zarr_output = output_path.suffix.lower() == ".zarr"
+    atomic = (
+        atomic_write_directory(output_path) if zarr_output else atomic_write_path(output_path, suffix=".npy")
+    )
+    with atomic as temporary:  # an empty folder for OME-Zarr, a file name for .npy
+        sink = (_OmeZarrCores if zarr_output else _NpyCores)(
+            temporary, shape, output_dtype, dict(geometry or {})
+        )
+        if tile_cores is not None:  # computed elsewhere (a Dask cluster): written as they arrive
+            cores, tile_progress = tile_cores(tiles, patch), progress
+        else:  # here, one tile after another; the tiles report their windows' progress themselves
+            cores = _tile_cores_here(network, source, tiles, patch, normalisation, options, progress, cancel)
+            tile_progress = None
+        _write_cores(sink, cores, tiles, output_dtype, on_tile_core, tile_progress, cancel)
     if progress is not None:
         progress(1.0, "Streaming inference done")
     return output_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,3 +41,25 @@ def atomic_write_path(path: str | os.PathLike, *, suffix: str | None = None) -> 
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside ``path``; on success it is renamed to ``path``, on error it
+    is deleted with what was written into it.
+
+    For outputs that are folders (an OME-Zarr image). ``path`` must not exist: a folder is never written over.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"Output folder {path.parent} does not exist; create it or choose another path.")
+    if path.exists():
+        raise ValueError(f"{path} already exists; choose a new name (VesselSeg never writes over it).")
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield temporary
+        os.chmod(temporary, default_file_mode(directory=True))
+        os.rename(temporary, path)  # fails, rather than merging, if a non-empty folder appeared meanwhile
+    finally:
+        if temporary.exists():  # only the folder made above, and what this run wrote into it
+            shutil.rmtree(temporary)

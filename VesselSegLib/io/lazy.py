@@ -269,11 +269,13 @@ class _ZarrVolume(LazyVolume):
     """A 3D Zarr array (plain, or the full-resolution level of an OME-Zarr image), read region by region:
     Zarr decodes only the chunks a region touches."""
 
-    def __init__(self, path: Path, array: Any, spacing_zyx, squeeze: tuple[int, ...]) -> None:
+    def __init__(
+        self, path: Path, array: Any, spacing_zyx, squeeze: tuple[int, ...], **geometry: Any
+    ) -> None:
         self._array = array
         self._squeeze = squeeze
         shape = tuple(size for axis, size in enumerate(array.shape) if axis not in squeeze)
-        super().__init__(path, shape, np.dtype(array.dtype), spacing_zyx)
+        super().__init__(path, shape, np.dtype(array.dtype), spacing_zyx, **geometry)
 
     def _read(self, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
         ranges = iter((z, y, x))
@@ -301,7 +303,7 @@ def _open_zarr(path: Path) -> LazyVolume:
         raise ValueError(
             f"{path.name} is not a readable Zarr store ({type(error).__name__}: {error})."
         ) from None
-    spacing_zyx, axes = None, None
+    spacing_zyx, axes, geometry = None, None, {}
     if isinstance(node, zarr.Group):
         attributes = dict(node.attrs)
         multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
@@ -314,19 +316,24 @@ def _open_zarr(path: Path) -> LazyVolume:
         dataset = image["datasets"][0]
         array = node[dataset["path"]]
         axes = image.get("axes")
-        scale = next(
-            (t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"),
-            None,
-        )
+        transforms = {t.get("type"): t for t in dataset.get("coordinateTransformations", [])}
+        scale = transforms.get("scale", {}).get("scale")
+        translation = transforms.get("translation", {}).get("translation")
         if scale is not None and axes and len(scale) == len(axes):
             spatial = [
-                (s, a)
-                for s, a in zip(scale, axes, strict=True)
-                if isinstance(a, dict) and a.get("type") == "space"
+                (index, a) for index, a in enumerate(axes) if isinstance(a, dict) and a.get("type") == "space"
             ]
             factors = [_ZARR_UNITS_MM.get(a.get("unit", "")) for _, a in spatial]
             if len(spatial) == 3 and None not in factors:
-                spacing_zyx = tuple(float(s) * f for (s, _), f in zip(spatial, factors, strict=True))
+                spacing_zyx = tuple(float(scale[i]) * f for (i, _), f in zip(spatial, factors, strict=True))
+                if translation is not None and len(translation) == len(axes):
+                    origin_zyx = [
+                        float(translation[i]) * f for (i, _), f in zip(spatial, factors, strict=True)
+                    ]
+                    geometry["origin_xyz"] = tuple(reversed(origin_zyx))
+        direction = (attributes.get("vesselseg") or {}).get("direction")  # written by VesselSeg (.ome_zarr)
+        if direction is not None and len(direction) == 9:
+            geometry["direction"] = np.asarray(direction, dtype=float).reshape(3, 3)
     else:
         array = node
     squeeze = tuple(axis for axis, size in enumerate(array.shape) if size == 1)
@@ -335,7 +342,7 @@ def _open_zarr(path: Path) -> LazyVolume:
             f"{path.name} holds an array of shape {tuple(array.shape)}; streaming needs three axes (Z, Y, X) "
             "besides singleton ones (one channel, one time point)."
         )
-    return _ZarrVolume(path, array, spacing_zyx, squeeze)
+    return _ZarrVolume(path, array, spacing_zyx, squeeze, **geometry)
 
 
 def _three_axes(path: Path, shape: Sequence[int], what: str, fix: str) -> tuple[int, int, int]:
