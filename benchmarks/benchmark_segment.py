@@ -1,7 +1,8 @@
-"""End-to-end speed and peak memory of ``vesselseg segment`` (read, infer, write) on a TOF-MRA phantom.
+"""End-to-end speed and peak memory of ``vesselseg segment`` (read, infer, write) on a phantom.
 
     python benchmarks/benchmark_segment.py [--shape 128 448 448] [--methods unet3d-baseline frangi] [--device cpu]
-        [--backends pytorch openvino onnxruntime]
+        [--backends pytorch openvino onnxruntime] [--profile FOLDER]
+    python benchmarks/benchmark_segment.py --modality 2PM --shape 256 512 512   # vnet-2pm and frangi
 
 Each method runs in its own ``vesselseg segment`` process, so the peak resident memory measured is that of
 the whole command (``os.wait4`` gives each child's own rusage). Scores against the phantom's labels are
@@ -48,6 +49,7 @@ def _run_method(
     backend: str,
     cache: Path,
     profile: Path | None = None,
+    modality: str = "TOF-MRA",
 ) -> dict:
     profiler = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
     command = [
@@ -58,7 +60,7 @@ def _run_method(
         "segment",
         str(input_path),
         "--modality",
-        "TOF-MRA",
+        modality,
         "--method",
         method,
         "--out",
@@ -112,6 +114,7 @@ def main() -> None:
         "--methods", nargs="+", default=None, help="Registry names (default: TOF default + frangi)."
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modality", default="TOF-MRA", choices=("TOF-MRA", "2PM"))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--backends", nargs="+", default=["pytorch"], help="pytorch, openvino, onnxruntime, auto"
@@ -121,11 +124,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     registry = ModelRegistry.default()
-    methods = args.methods or list(dict.fromkeys([registry.default_for("TOF-MRA").name, "frangi"]))
+    methods = args.methods or list(dict.fromkeys([registry.default_for(args.modality).name, "frangi"]))
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        case = make_phantom_case("TOF-MRA", tuple(args.shape), seed=args.seed)
+        case = make_phantom_case(args.modality, tuple(args.shape), seed=args.seed)
         spacing_xyz = tuple(reversed(case.spacing_zyx))
         image = np.clip(np.round(case.image / np.percentile(case.image, 99.9) * 1500), 0, 4095).astype(
             np.int16
@@ -141,7 +144,9 @@ def main() -> None:
                 cache = folder / f"cache-{method}-{backend}"
                 for run_name in ("first use", "cached") if backend != "pytorch" and is_network else ("",):
                     out = folder / f"out-{method}-{backend}-{run_name.replace(' ', '-')}"
-                    run = _run_method(input_path, method, out, args.device, backend, cache)
+                    run = _run_method(
+                        input_path, method, out, args.device, backend, cache, modality=args.modality
+                    )
                     summary = run["summary"]
                     metrics = _score(out, case.class_map, summary["vessel_classes"])
                     vessel_map = read_volume(out / "labels.nii.gz").array > 0
@@ -169,11 +174,12 @@ def main() -> None:
                             backend,
                             cache,
                             profile=profiled,
+                            modality=args.modality,
                         )
                         profiles.append(profiled)
 
     print(
-        f"# vesselseg segment on a {' x '.join(map(str, args.shape))} TOF-MRA phantom (seed {args.seed}), "
+        f"# vesselseg segment on a {' x '.join(map(str, args.shape))} {args.modality} phantom (seed {args.seed}), "
         f"{voxels / 1e6:.1f} Mvoxels; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"device {args.device}"
     )
