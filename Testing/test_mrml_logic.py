@@ -8,6 +8,7 @@ SegmentationResult) where three classes are needed.
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -579,3 +580,27 @@ def test_the_shipped_registry_is_read_once_per_logic(monkeypatch):
         logic.availableMethods("TOF-MRA")
         logic.defaultMethod("2PM")
     assert len(reads) == 1
+
+
+def test_models_enclose_the_segmented_volume(scene, input_volume, phantom):
+    """The 3D models (SurfaceNets) are closed surfaces around the class map: a ball and a thick tube each
+    enclose the volume of their voxels within 10 % (smoothing rounds the voxel staircase off)."""
+    z, y, x = np.indices(phantom.class_map.shape)
+    class_map = np.zeros(phantom.class_map.shape, dtype=np.uint8)
+    class_map[(z - 16) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 8**2] = 1  # a ball, 8 voxels in radius
+    class_map[((y - 45) ** 2 + (x - 45) ** 2 <= 5**2) & (z >= 4) & (z < 28)] = 2  # a tube along Z
+    shapes = SimpleNamespace(class_map=class_map, spacing_zyx=phantom.spacing_zyx)
+    logic = VesselSegLogic()
+    outputs = logic.addResultsToScene(logic.prepareInputs(input_volume), _ground_truth_result(shapes))
+    conversion = outputs.segmentationNode.GetSegmentation().GetConversionParameter("Conversion method")
+    assert conversion == "1"  # SurfaceNets
+    voxel_mm3 = float(np.prod(phantom.spacing_zyx))
+    assert set(outputs.modelNodes) == {"artery", "vein"}  # no model for the empty class
+    for name, model in outputs.modelNodes.items():
+        triangles = vtk.vtkTriangleFilter()
+        triangles.SetInputData(model.GetPolyData())
+        mass = vtk.vtkMassProperties()
+        mass.SetInputConnection(triangles.GetOutputPort())
+        mass.Update()
+        expected = int((class_map == VESSEL_CLASS_BY_NAME[name].label_value).sum()) * voxel_mm3
+        assert mass.GetVolume() == pytest.approx(expected, rel=0.10), name

@@ -53,6 +53,9 @@ GEOMETRY_TOLERANCE = 1e-4
 #: Share of the progress bar given to ``computeSegmentation``; the rest is scene building.
 COMPUTE_PROGRESS_FRACTION = 0.9
 MODELS_FOLDER_NAME = "VesselSeg models"
+#: The segmentation's labelmap-to-surface conversion: "Conversion method" 1 is SurfaceNets (0: flying edges).
+CLOSED_SURFACE_METHOD_PARAMETER = "Conversion method"
+SURFACE_NETS = "1"
 
 
 @dataclass
@@ -554,6 +557,13 @@ class VesselSegLogic:
         self, outputs: VesselSegOutputs, scene, transaction: SceneTransaction, cancelCheck
     ) -> None:
         segmentationNode = outputs.segmentationNode
+        # SurfaceNets (VTK's vtkSurfaceNets3D, Slicer's "Surface nets" conversion) instead of the default
+        # flying edges: the same points, quads instead of twice as many triangles, and 1.6x (TOF-MRA phantom)
+        # to 2.2x (dense 2PM output) faster (README, "Speed and memory"); enclosed volumes stay within a few
+        # per cent of the voxels' (tested).
+        segmentationNode.GetSegmentation().SetConversionParameter(
+            CLOSED_SURFACE_METHOD_PARAMETER, SURFACE_NETS
+        )
         segmentationNode.CreateClosedSurfaceRepresentation()
         _checkCancel(cancelCheck)
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
