@@ -558,9 +558,8 @@ class VesselSegLogic:
     ) -> None:
         segmentationNode = outputs.segmentationNode
         # SurfaceNets (VTK's vtkSurfaceNets3D, Slicer's "Surface nets" conversion) instead of the default
-        # flying edges: the same points, quads instead of twice as many triangles, and 1.6x (TOF-MRA phantom)
-        # to 2.2x (dense 2PM output) faster (README, "Speed and memory"); enclosed volumes stay within a few
-        # per cent of the voxels' (tested).
+        # flying edges: the same points, quads instead of twice as many triangles, 1.7x (TOF-MRA phantom) to
+        # 2.0x (2PM phantom) faster, and enclosed volumes nearer the voxels' (benchmarks/benchmark_surfaces.py).
         segmentationNode.GetSegmentation().SetConversionParameter(
             CLOSED_SURFACE_METHOD_PARAMETER, SURFACE_NETS
         )
