@@ -395,3 +395,30 @@ def test_sampler_passes_the_vessel_mask_and_keeps_the_target():
     tissue = target_plain[0] == 0
     assert (image_leaky[0][tissue] >= image_plain[0][tissue] - 1e-6).all()
     assert image_leaky[0][tissue].mean() > image_plain[0][tissue].mean() + 0.01
+
+
+def test_dye_pools_brighten_the_drawn_share_of_tissue_and_spare_the_lumen():
+    from trainer.randomisation import RandomisationSpec, apply_randomisation
+
+    image = np.zeros((8, 96, 96), dtype=np.float32)
+    vessels = np.zeros(image.shape, dtype=bool)
+    vessels[:, 46:50, :] = True
+    image[vessels] = 1.0
+    spec = RandomisationSpec(pool_amplitude=0.6, pool_coverage=0.2, seed=5)
+    out = apply_randomisation(image, spec, vessels)
+    np.testing.assert_array_equal(out[vessels], image[vessels])  # the lumen keeps its brightness
+    brightened = (out > 0.3) & ~vessels  # inside a pool (past the soft edge, most of its area)
+    assert 0.1 < brightened.mean() < 0.2 + 1e-6 and out[~vessels].max() == pytest.approx(0.6)
+    assert (out >= image).all()  # pools only add light
+    np.testing.assert_array_equal(apply_randomisation(image, spec, vessels), out)  # deterministic
+    other = apply_randomisation(
+        image, RandomisationSpec(pool_amplitude=0.6, pool_coverage=0.2, seed=6), vessels
+    )
+    assert not np.array_equal(other, out)  # another seed, other pools
+    assert DomainRandomisation().pool_probability == 0.0  # off unless asked for
+    settings = DomainRandomisation(probability=1.0, pool_probability=1.0)
+    drawn = settings.draw(np.random.default_rng(0), (8, 96, 96))
+    assert 0.2 <= drawn.pool_amplitude <= 1.0 and 0.05 <= drawn.pool_coverage <= 0.3
+    # Turning pools on leaves every other decision of a seed as it was.
+    plain = DomainRandomisation(probability=1.0).draw(np.random.default_rng(0), (8, 96, 96))
+    assert replace(drawn, pool_amplitude=None, pool_coverage=None, seed=plain.seed) == plain

@@ -14,6 +14,10 @@ dye leakage               extravasation where the blood-brain barrier is open (V
                           BBB_Leakage stacks): a diffuse glow spreading from the vessels into the tissue,
                           patchy, while the label stays the lumen. Off in the defaults
                           (``leakage_probability = 0``); it needs the patch's vessel mask.
+dye pools                 dye that has pooled in the tissue away from any vessel (bbbDisruption: sheets and
+                          blobs tens of um across, which the annotators did not call vessel): smooth bright
+                          regions covering a drawn share of the patch, outside the lumen. Off in the
+                          defaults (``pool_probability = 0``).
 per-slice factors         depth attenuation ``exp(-z / L)``: excitation and emission light scattered and
                           absorbed with depth (``L`` is a tissue property, drawn in voxels relative to the
                           patch depth); brightening with depth: over-compensated laser power ramps or a
@@ -61,6 +65,10 @@ from scipy.ndimage import gaussian_filter
 CLIP_RANGE = (-0.5, 2.0)
 #: Coarse grid ``(Z, Y, X)`` of the smooth background field: one gradient along Z, about one bump in Y/X.
 FIELD_GRID_ZYX = (2, 3, 3)
+#: Coarse grid of the dye pools' field: blobs about a sixth of a patch across in-plane.
+POOL_GRID_ZYX = (2, 6, 6)
+#: Width of the pools' soft edge, in units of the field (which spans [0, 1]).
+POOL_EDGE = 0.05
 #: Largest per-slice intensity factor (several jumps on one slice multiply).
 MAX_SLICE_FACTOR = 10.0
 #: Gaussian kernels are cut at this many sigmas (3 keeps 99.7 % of the weight and halves the cost of 4).
@@ -97,6 +105,9 @@ SETTING_LIMITS: dict[str, tuple[float, float]] = {
     "leakage_probability": (0.0, 1.0),
     "leakage_amplitude_range": (0.0, 2.0),
     "leakage_sigma_range": (0.5, 20.0),
+    "pool_probability": (0.0, 1.0),
+    "pool_amplitude_range": (0.0, 2.0),
+    "pool_coverage_range": (0.0, 0.9),
 }
 _INTEGER_SETTINGS = {"slice_jump_count_range"}
 
@@ -169,6 +180,9 @@ class RandomisationSpec:
         Dye leakage: the vessel mask blurred by ``sigma_yx`` voxels in-plane (a third of it along Z),
         scaled to peak 1, modulated by a smooth field in [0, 1] and added outside the vessels times
         ``amplitude``.
+    pool_amplitude, pool_coverage : float or None
+        Dye pools: the share ``coverage`` of the patch where a smooth random field (:data:`POOL_GRID_ZYX`) is
+        highest, with a soft edge, brightened by ``amplitude`` outside the vessels.
     seed : int
         Seed of the noise and background-field arrays.
     """
@@ -187,6 +201,8 @@ class RandomisationSpec:
     resolution_factors_zyx: tuple[float, float, float] | None = None
     leakage_amplitude: float | None = None
     leakage_sigma_yx: float | None = None
+    pool_amplitude: float | None = None
+    pool_coverage: float | None = None
     seed: int = 0
 
     @property
@@ -205,6 +221,7 @@ class RandomisationSpec:
                 "speckle_std",
                 "resolution_factors_zyx",
                 "leakage_amplitude",
+                "pool_amplitude",
             )
         )
 
@@ -245,6 +262,9 @@ class DomainRandomisation:
     leakage_probability, leakage_amplitude_range, leakage_sigma_range : float, (float, float) x2
         Dye leakage around the vessels: peak brightness added (normalised units) and in-plane spread in
         voxels. Off by default: it is drawn only where the sampler passes the vessel mask.
+    pool_probability, pool_amplitude_range, pool_coverage_range : float, (float, float) x2
+        Dye pooled away from the vessels: brightness added (normalised units) and the share of the patch
+        covered. Off by default.
     """
 
     probability: float = 0.8
@@ -276,6 +296,9 @@ class DomainRandomisation:
     leakage_probability: float = 0.0
     leakage_amplitude_range: tuple[float, float] = (0.1, 0.6)
     leakage_sigma_range: tuple[float, float] = (3.0, 16.0)
+    pool_probability: float = 0.0
+    pool_amplitude_range: tuple[float, float] = (0.2, 1.0)
+    pool_coverage_range: tuple[float, float] = (0.05, 0.3)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -359,6 +382,10 @@ class DomainRandomisation:
         if self.leakage_probability > 0 and rng.random() < self.leakage_probability:
             choices["leakage_amplitude"] = _draw(rng, self.leakage_amplitude_range)
             choices["leakage_sigma_yx"] = _draw(rng, self.leakage_sigma_range, log=True)
+        # Likewise last again: turning pools on changes no earlier decision.
+        if self.pool_probability > 0 and rng.random() < self.pool_probability:
+            choices["pool_amplitude"] = _draw(rng, self.pool_amplitude_range)
+            choices["pool_coverage"] = _draw(rng, self.pool_coverage_range)
         return RandomisationSpec(**choices, seed=int(rng.integers(2**32)))
 
 
@@ -416,13 +443,16 @@ def _change_resolution(image: np.ndarray, factors_zyx: Sequence[float]) -> np.nd
     return image
 
 
-def _smooth_field(shape_zyx: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    """A field in [0, 1] of shape ``shape_zyx``: a random coarse grid, trilinearly interpolated."""
-    coarse = rng.random(FIELD_GRID_ZYX, dtype=np.float32)
+def _smooth_field(
+    shape_zyx: Sequence[int], rng: np.random.Generator, grid_zyx: Sequence[int] = FIELD_GRID_ZYX
+) -> np.ndarray:
+    """A field in [0, 1] of shape ``shape_zyx``: a random coarse ``grid_zyx``, trilinearly interpolated."""
+    grid = tuple(int(g) for g in grid_zyx)
+    coarse = rng.random(grid, dtype=np.float32)
     size_z, size_y, size_x = shape_zyx
-    field = coarse @ _interpolation_matrix(size_x, FIELD_GRID_ZYX[2]).T  # (cz, cy, X)
-    field = np.matmul(_interpolation_matrix(size_y, FIELD_GRID_ZYX[1]), field)  # (cz, Y, X)
-    field = _interpolation_matrix(size_z, FIELD_GRID_ZYX[0]) @ field.reshape(FIELD_GRID_ZYX[0], -1)
+    field = coarse @ _interpolation_matrix(size_x, grid[2]).T  # (cz, cy, X)
+    field = np.matmul(_interpolation_matrix(size_y, grid[1]), field)  # (cz, Y, X)
+    field = _interpolation_matrix(size_z, grid[0]) @ field.reshape(grid[0], -1)
     return field.reshape(size_z, size_y, size_x)
 
 
@@ -490,6 +520,13 @@ def apply_randomisation(
         glow /= max(float(glow.max()), 1e-6)
         patches = _smooth_field(out.shape, np.random.default_rng((spec.seed, 2)))
         out += np.float32(spec.leakage_amplitude) * glow * patches * (1.0 - vessels)
+    if spec.pool_amplitude is not None and spec.pool_coverage:
+        field = _smooth_field(out.shape, np.random.default_rng((spec.seed, 3)), POOL_GRID_ZYX)
+        level = np.float32(np.quantile(field, 1.0 - spec.pool_coverage))  # the top `coverage` of the field
+        pools = np.clip((field - level) / np.float32(POOL_EDGE), 0.0, 1.0)
+        if vessel_mask is not None:  # in the tissue: the lumen keeps its own brightness
+            pools *= 1.0 - np.asarray(vessel_mask, dtype=np.float32)
+        out += np.float32(spec.pool_amplitude) * pools
     factors = _slice_factors(spec, out.shape[0])
     if factors is not None:
         out *= factors[:, None, None]
