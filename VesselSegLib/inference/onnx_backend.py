@@ -80,6 +80,10 @@ class ExportedNetwork(nn.Module):
     """An exported network that the sliding window calls like the PyTorch network it came from:
     ``(B, 1, z, y, x)`` float32 tensor in, logits tensor out (CPU)."""
 
+    #: The sliding window keeps its windows in the plain layout for it (channels-last helps PyTorch's
+    #: convolutions only, and would cost a copy back per window here).
+    runs_outside_pytorch = True
+
     def __init__(self, runner: Runner, source: nn.Module, backend: str) -> None:
         super().__init__()
         self.runner = runner
@@ -92,8 +96,13 @@ class ExportedNetwork(nn.Module):
         array = image.detach().to("cpu", torch.float32).contiguous().numpy()
         # One window at a time: the shape the backend was measured and compiled for (a batch of two
         # would make OpenVINO compile the dynamic model again for that shape).
-        outputs = [self.runner(array[index : index + 1]) for index in range(array.shape[0])]
-        return torch.from_numpy(np.ascontiguousarray(np.concatenate(outputs, axis=0), dtype=np.float32))
+        # Each window's logits go straight into one output array (no list of copies to concatenate).
+        first = np.asarray(self.runner(array[:1]), dtype=np.float32)
+        logits = np.empty((array.shape[0], *first.shape[1:]), dtype=np.float32)
+        logits[:1] = first
+        for index in range(1, array.shape[0]):
+            logits[index : index + 1] = self.runner(array[index : index + 1])
+        return torch.from_numpy(logits)
 
 
 def available_backends() -> tuple[str, ...]:

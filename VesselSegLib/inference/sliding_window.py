@@ -327,7 +327,7 @@ def _run(
     n_batches = max(1, math.ceil(count_windows(image.shape, settings.patch, settings.overlaps) / batch_size))
     done = 0
     autocast_dtype = _autocast_dtype(precision, device)
-    channels_last = device.type == "cpu"
+    channels_last = device.type == "cpu" and not getattr(network, "runs_outside_pytorch", False)
     with_image = "super_resolved" in settings.outputs
     was_training = network.training
     network.eval()
