@@ -352,13 +352,19 @@ def test_sampler_batches_are_seeded():
     assert not np.array_equal(images, sampler.batch(np.random.default_rng(4), 6)[0])
 
 
+def _vessel_band(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """An (8, size, size) patch, dark but for one bright vessel 4 voxels wide across its middle, and its mask."""
+    image = np.zeros((8, size, size), dtype=np.float32)
+    vessels = np.zeros(image.shape, dtype=bool)
+    vessels[:, size // 2 - 2 : size // 2 + 2, :] = True
+    image[vessels] = 1.0
+    return image, vessels
+
+
 def test_dye_leakage_brightens_the_tissue_near_vessels_but_not_the_lumen():
     from trainer.randomisation import RandomisationSpec, apply_randomisation
 
-    image = np.zeros((8, 48, 48), dtype=np.float32)
-    vessels = np.zeros(image.shape, dtype=bool)
-    vessels[:, 22:26, :] = True
-    image[vessels] = 1.0
+    image, vessels = _vessel_band(48)
     spec = RandomisationSpec(leakage_amplitude=0.5, leakage_sigma_yx=4.0, seed=3)
     out = apply_randomisation(image, spec, vessels)
     np.testing.assert_array_equal(out[vessels], image[vessels])  # the lumen keeps its brightness
@@ -400,10 +406,7 @@ def test_sampler_passes_the_vessel_mask_and_keeps_the_target():
 def test_dye_pools_brighten_the_drawn_share_of_tissue_and_spare_the_lumen():
     from trainer.randomisation import RandomisationSpec, apply_randomisation
 
-    image = np.zeros((8, 96, 96), dtype=np.float32)
-    vessels = np.zeros(image.shape, dtype=bool)
-    vessels[:, 46:50, :] = True
-    image[vessels] = 1.0
+    image, vessels = _vessel_band(96)
     spec = RandomisationSpec(pool_amplitude=0.6, pool_coverage=0.2, seed=5)
     out = apply_randomisation(image, spec, vessels)
     np.testing.assert_array_equal(out[vessels], image[vessels])  # the lumen keeps its brightness
