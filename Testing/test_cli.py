@@ -138,7 +138,7 @@ def test_segment_writes_every_output_on_the_input_grid(tmp_path, phantom_files, 
     # Every stage is timed on its own and none is counted twice: the stages add up to at most the total.
     times = summary["run_time_s"]
     stages = ("read", "imports", "segment", "scene_and_models", "write")
-    assert all(times[stage] >= 0 for stage in stages) and times["imports"] > 0
+    assert all(times[stage] >= 0 for stage in stages)  # imports: ~0 here, where the test already loaded them
     assert sum(times[stage] for stage in stages) <= times["total"] + 0.01
     # precision "auto": the machine's measured choice, and what the (unverified) tiny model ran in
     assert (
