@@ -432,13 +432,14 @@ def test_ome_zarr_output_holds_what_the_npy_holds_with_its_geometry(tmp_path):
     import zarr
 
     stack = _stack()
+    from VesselSegLib.io import Grid
+
     geometry = {
-        "spacing_zyx": (0.002, 0.001, 0.001),
-        "origin_xyz": (4.0, 5.0, 6.0),
+        "grid": Grid(stack.shape, (0.001, 0.001, 0.002), (4.0, 5.0, 6.0)),
         "channel_names": ["a", "b"],
     }
     expected = np.load(_stream(stack, tmp_path / "probabilities.npy"))
-    out = _stream(stack, tmp_path / "probabilities.ome.zarr", geometry=geometry)
+    out = _stream(stack, tmp_path / "probabilities.ome.zarr", **geometry)
     group = zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(group["0"][:], expected)
     assert group["0"].chunks[0] == 1  # one class per chunk
@@ -450,7 +451,7 @@ def test_ome_zarr_output_holds_what_the_npy_holds_with_its_geometry(tmp_path):
     assert group.attrs["vesselseg"]["channels"] == ["a", "b"]
 
     with pytest.raises(ValueError, match="already exists"):  # written once, never over
-        _stream(stack, out, geometry=geometry)
+        _stream(stack, out, **geometry)
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], expected)
 
     polls = {"n": 0}
@@ -460,7 +461,7 @@ def test_ome_zarr_output_holds_what_the_npy_holds_with_its_geometry(tmp_path):
         return polls["n"] > 200
 
     with pytest.raises(SegmentationCancelled):
-        _stream(stack, tmp_path / "cancelled.ome.zarr", batch_size=4, cancel=cancel_later, geometry=geometry)
+        _stream(stack, tmp_path / "cancelled.ome.zarr", batch_size=4, cancel=cancel_later, **geometry)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probabilities.npy", "probabilities.ome.zarr"]
 
 

@@ -3,8 +3,8 @@
     python benchmarks/error_analysis.py --registry runs/cv-E4/vnet-2pm-1um-cos-dicebce-last/fold-1/models/models.json \\
         --method vnet-2pm-1um-cos-dicebce-last --stacks burgess2014_bbbDisruption poon2015_BBB_Leakage [--png DIR]
 
-Segments each stack with the model (as ``benchmarks/crossval.py`` does: the stack's own voxel size, 0.5
-threshold), then measures, for the false-positive voxels, their in-plane distance to the nearest labelled
+Segments each stack with the model by ``benchmarks/crossval.py``'s own reader and ``segment`` (the stack's
+voxel size, the model's threshold), then measures, for the false-positive voxels, their in-plane distance to the nearest labelled
 voxel of the same slice: false positives within 1-2 um are border disagreements (thickness), those beyond
 8 um are structures the annotator did not call vessel (e.g. leaked dye, dura). Also printed: predicted over
 labelled volume, the share of the label missed, and Dice at thresholds 0.5, 0.7, 0.9 (a diagnostic: the
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from crossval import load_stacks
+from crossval import load_stacks, segment
 from scipy import ndimage
 
-from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.metrics import dice
 from VesselSegLib.models.registry import ModelRegistry
 
@@ -67,24 +66,16 @@ def main() -> None:
         + " |"
     )
     print("|---|---|---|---|---|" + "---|" * len(THRESHOLDS))
+    harness_options = argparse.Namespace(tta=False, adapt_seconds=None)  # crossval's plain scoring run
     stacks = load_stacks(args.data_root)  # the harness's reader: voxel sizes from the metadata side-cars
     for name in args.stacks:
         stack = stacks[name]
         image, label, spacing_zyx = stack.image, stack.reference, stack.spacing_zyx
-        result = segment_image(
-            image,
-            spacing_zyx,
-            registry=registry,
-            modality="2PM",
-            method=args.method,
-            keep_probabilities=True,
-        )
-        predicted = result.class_map > 0
+        predicted, probability, _, _ = segment(stack, args.method, registry, harness_options)
         false_positive = predicted & ~label
         pixel_um = spacing_zyx[2] * 1000.0
         distance_um = np.stack([ndimage.distance_transform_edt(~plane) for plane in label]) * pixel_um
         near = [float((distance_um[false_positive] <= d).mean()) for d in DISTANCES_UM]
-        probability = next(iter(result.probabilities.values()))
         at = [dice(probability >= t, label) for t in THRESHOLDS]
         print(
             f"| {name} | {dice(predicted, label):.3f} | {predicted.sum() / label.sum():.2f} | "

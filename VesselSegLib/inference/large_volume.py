@@ -335,12 +335,8 @@ def segment_large_volume(
             precision=precision,
             test_time_augmentation=request.test_time_augmentation,
             on_tile_core=class_map,
-            geometry={
-                "spacing_zyx": tuple(reversed(grid.spacing_xyz)),
-                "origin_xyz": grid.origin_xyz,
-                "direction": grid.direction,
-                "channel_names": list(entry.vessel_classes),
-            },
+            grid=grid,
+            channel_names=entry.vessel_classes,
             tile_cores=None
             if dask_client is None
             else _dask_tiles(dask_client, input_path, plan, normalisation, precision),

@@ -48,6 +48,7 @@ from VesselSegLib.inference.sliding_window import (
     predict_probabilities,
 )
 from VesselSegLib.io.atomic import atomic_write_directory, atomic_write_path
+from VesselSegLib.io.grid import Grid
 
 # The readers live in VesselSegLib.io.lazy; these names stay importable from here for existing callers.
 from VesselSegLib.io.lazy import (  # noqa: F401
@@ -454,9 +455,7 @@ class _NpyCores:
     """Tile cores into a ``(C, Z, Y, X)`` ``.npy`` on disk, mapped only while one core is written (written
     pages then belong to the file cache, not to this process)."""
 
-    def __init__(
-        self, path: Path, shape_zyx: tuple[int, int, int], output_dtype: str, geometry: dict
-    ) -> None:
+    def __init__(self, path: Path, shape_zyx: tuple[int, int, int], output_dtype: str) -> None:
         self.path, self.shape, self.output_dtype = path, shape_zyx, output_dtype
         self.channels: int | None = None
 
@@ -472,12 +471,20 @@ class _NpyCores:
 
 
 class _OmeZarrCores:
-    """Tile cores into an OME-Zarr image (:mod:`VesselSegLib.io.ome_zarr`), created at the first core."""
+    """Tile cores into an OME-Zarr image (:mod:`VesselSegLib.io.ome_zarr`), created at the first core, on
+    ``grid`` (None: 1 mm voxels at the origin, axis-aligned)."""
 
     def __init__(
-        self, path: Path, shape_zyx: tuple[int, int, int], output_dtype: str, geometry: dict
+        self,
+        path: Path,
+        shape_zyx: tuple[int, int, int],
+        output_dtype: str,
+        grid: Grid | None,
+        channel_names: Sequence[str] | None,
     ) -> None:
-        self.path, self.shape, self.output_dtype, self.geometry = path, shape_zyx, output_dtype, geometry
+        self.path, self.shape, self.output_dtype = path, shape_zyx, output_dtype
+        self.grid = Grid(shape_zyx, (1.0, 1.0, 1.0)) if grid is None else grid
+        self.channel_names = channel_names
         self.array = None
         self.channels: int | None = None
 
@@ -486,14 +493,14 @@ class _OmeZarrCores:
 
         if self.array is None:
             self.channels = values.shape[0]
-            names = self.geometry.get("channel_names") or [f"class {i}" for i in range(self.channels)]
+            names = self.channel_names or [f"class {i}" for i in range(self.channels)]
             self.array = create_ome_zarr_image(
                 self.path,
                 self.shape,
                 self.output_dtype,
-                spacing_zyx=self.geometry.get("spacing_zyx") or (1.0, 1.0, 1.0),
-                origin_xyz=self.geometry.get("origin_xyz", (0.0, 0.0, 0.0)),
-                direction=self.geometry.get("direction"),
+                spacing_zyx=tuple(reversed(self.grid.spacing_xyz)),
+                origin_xyz=self.grid.origin_xyz,
+                direction=self.grid.direction,
                 channels=list(names)[: self.channels],
                 name="probabilities",
             )
@@ -576,7 +583,8 @@ def stream_segment_probabilities(
     on_tile_core: Callable[[tuple[slice, slice, slice], np.ndarray], None] | None = None,
     tile_cores: Callable[[Sequence[StreamTile], tuple[int, int, int]], Iterable[tuple[int, np.ndarray]]]
     | None = None,
-    geometry: dict | None = None,
+    grid: Grid | None = None,
+    channel_names: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Path:
@@ -636,9 +644,11 @@ def stream_segment_probabilities(
         Called with each tile core's full-precision probabilities before they are cast to ``output_dtype``
         (``vesselseg stream`` thresholds them into the class map there, so that a float16 file does not
         change any voxel of the class map).
-    geometry : dict, optional
-        For an OME-Zarr output: ``spacing_zyx`` (mm), ``origin_xyz``, ``direction`` and ``channel_names``
-        (the vessel classes), written into its metadata.
+    grid : Grid, optional
+        For an OME-Zarr output: the volume's grid (voxel size, origin, direction), written into its
+        metadata; None writes 1 mm voxels at the origin.
+    channel_names : sequence of str, optional
+        For an OME-Zarr output: the name of each channel (the vessel classes).
     progress : callable(fraction, message), optional
         Fraction of all windows done.
     cancel : callable() -> bool, optional
@@ -699,8 +709,10 @@ def stream_segment_probabilities(
         atomic_write_directory(output_path) if zarr_output else atomic_write_path(output_path, suffix=".npy")
     )
     with atomic as temporary:  # an empty folder for OME-Zarr, a file name for .npy
-        sink = (_OmeZarrCores if zarr_output else _NpyCores)(
-            temporary, shape, output_dtype, dict(geometry or {})
+        sink = (
+            _OmeZarrCores(temporary, shape, output_dtype, grid, channel_names)
+            if zarr_output
+            else _NpyCores(temporary, shape, output_dtype)
         )
         if tile_cores is not None:  # computed elsewhere (a Dask cluster): written as they arrive
             cores, tile_progress = tile_cores(tiles, patch), progress
