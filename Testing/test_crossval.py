@@ -100,6 +100,24 @@ def test_fold_configuration_trains_only_on_the_training_stacks(tmp_path):
     assert raw == tomllib.loads(VNET_2PM_CONFIG.read_text())  # the shipped document is not modified
 
 
+def test_training_on_the_validation_stack_still_never_trains_on_a_test_stack(tmp_path):
+    _write_stacks(tmp_path / "data", NAMES)
+    raw = tomllib.loads(VNET_2PM_CONFIG.read_text())
+    for fold in make_folds(NAMES, 4):
+        document = fold_training_document(
+            raw, fold, run_dir=str(tmp_path / f"fold{fold.index}"), train_on_validation=True
+        )
+        config = parse_config(document, base_dir=VNET_2PM_CONFIG.parent, data_root=tmp_path / "data")
+        trained = {
+            path.stem
+            for source in config.data.training
+            if isinstance(source, FileSource)
+            for path in source.images
+        }
+        assert trained == {*fold.training, *fold.validation}
+        assert trained.isdisjoint(fold.test)
+
+
 # ---------------------------------------------------------------------------------------- score metrics
 
 
@@ -207,6 +225,44 @@ def _write_2pm_stacks(root: Path, count: int) -> None:
         labels = ((case.class_map > 0) * 255).astype(np.uint8)
         tifffile.imwrite(root / "images" / f"s{k}.tif", image, photometric="minisblack")
         tifffile.imwrite(root / "labels" / f"s{k}.tif", labels, photometric="minisblack")
+
+
+def test_method_overrides_may_hold_lists_and_apply_to_the_parsed_configuration():
+    harness = _load_harness()
+    text = (
+        f"ablation={VNET_2PM_CONFIG},training.sld.stage_epochs=[4, 11, 0],"
+        'model.arguments.base_channels=8,training.loss="dice_bce"'
+    )
+    spec = harness.MethodSpec.parse(text)
+    assert spec.name == "ablation" and spec.config == VNET_2PM_CONFIG
+    assert spec.overrides == (
+        ("training.sld.stage_epochs", [4, 11, 0]),
+        ("model.arguments.base_channels", 8),
+        ("training.loss", "dice_bce"),
+    )
+    document = spec.document()
+    assert document["training"]["sld"]["stage_epochs"] == [4, 11, 0]
+    assert document["model"]["arguments"]["base_channels"] == 8
+    with pytest.raises(SystemExit, match="bad override"):
+        harness.MethodSpec.parse(f"broken={VNET_2PM_CONFIG},training.epochs=")
+
+
+def test_training_on_the_validation_stack_is_refused_for_a_recipe_that_chooses_on_it(tmp_path):
+    harness = _load_harness()
+    _write_2pm_stacks(tmp_path / "data", 4)
+    config = tmp_path / "best_epoch.toml"
+    config.write_text(
+        (REPO / "trainer" / "configs" / "vnet_2pm.toml")
+        .read_text()
+        .replace('model_selection = "last"', 'model_selection = "best"')
+    )
+    arguments = [
+        "--methods", f"best={config}", "--folds", "2", "--data-root", str(tmp_path / "data"),
+        "--run-dir", str(tmp_path / "run"), "--threads", "1", "--train-on-validation",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="chooses its epoch or threshold on the validation stack"):
+        harness.main(arguments)
+    assert not (tmp_path / "run" / "best-trainval" / "fold-0" / "train").exists()  # nothing was trained
 
 
 @pytest.mark.slow

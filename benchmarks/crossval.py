@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -63,6 +64,10 @@ SCORE_KEYS = ("dice", "cldice", "precision", "sensitivity", "ap", "hd95_um")
 TUNING_CANDIDATES = tuple(float(t) for t in np.round(np.geomspace(1e-4, 0.9, 48), 4))
 
 
+#: A comma that starts the next ``section.key=`` assignment (not one inside a TOML list such as ``[4, 11, 0]``).
+_ASSIGNMENT_COMMA = re.compile(r",(?=\s*[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)+=)")
+
+
 def parse_override(assignment: str, text: str) -> tuple[str, object]:
     """One ``section.key=VALUE`` of the ``--methods`` entry ``text`` as ``(key, value)``, the value parsed as TOML
     (a bare word: a string); blanks around the key and value are dropped (an error shows them as given)."""
@@ -89,7 +94,7 @@ class MethodSpec:
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
         name, _, rest = text.partition("=")
-        config, *assignments = rest.split(",") if rest else [""]
+        config, *assignments = _ASSIGNMENT_COMMA.split(rest) if rest else [""]
         if not name:
             raise SystemExit(f"error: bad --methods entry {text!r}; write NAME or NAME=CONFIG.toml.")
         if config and not Path(config).is_file():
@@ -199,8 +204,19 @@ def segment(stack: Stack, method: str, registry: ModelRegistry, args):
 
 
 def method_dir(spec: MethodSpec, args) -> Path:
-    """Where a trained method's folds live; an --epochs override gets its own folder (never mixed)."""
-    return args.run_dir / (spec.name if args.epochs is None else f"{spec.name}-epochs{args.epochs}")
+    """Where a trained method's folds live; --epochs and --train-on-validation get folders of their own
+    (models trained otherwise are never mixed into a table)."""
+    name = spec.name if args.epochs is None else f"{spec.name}-epochs{args.epochs}"
+    return args.run_dir / (f"{name}-trainval" if args.train_on_validation else name)
+
+
+def chooses_on_validation(config) -> bool:
+    """Whether a recipe picks its epoch or its threshold on the inner validation stack (label-free
+    recipes, ``training.loss = "umis"`` or a ``[training.sld]`` table, choose nothing with labels)."""
+    training = config.training
+    if training.loss in UMIS_LOSSES or training.sld is not None:
+        return False
+    return training.model_selection != "last" or training.threshold_selection != "fixed"
 
 
 def train_or_resume(config, train_dir: Path, *, train_threads: int | None, description: str) -> bool:
@@ -227,15 +243,25 @@ def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegis
     if registry_path.is_file():
         return ModelRegistry.from_file(registry_path)
     train_dir = fold_dir / "train"
-    document = fold_training_document(spec.document(), fold, run_dir=str(train_dir))
+    document = fold_training_document(
+        spec.document(), fold, run_dir=str(train_dir), train_on_validation=args.train_on_validation
+    )
     config = parse_config(
         document, base_dir=spec.config.resolve().parent, data_root=args.data_root, source_path=None
     )
+    if args.train_on_validation and chooses_on_validation(config):
+        raise SystemExit(
+            f"error: {spec.name} chooses its epoch or threshold on the validation stack, which "
+            "--train-on-validation would train on; set training.model_selection=\"last\" and "
+            "training.threshold_selection=\"fixed\", or drop the flag."
+        )
     if args.epochs is not None:
         config = config.with_overrides(epochs=args.epochs)
+    trained = [*fold.training, *(fold.validation if args.train_on_validation else ())]
     description = (
-        f"{spec.name} fold {fold.index}: training on {', '.join(fold.training)} "
-        f"(validation {', '.join(fold.validation)})"
+        f"{spec.name} fold {fold.index}: training on {', '.join(trained)} "
+        f"(validation {', '.join(fold.validation)}"
+        f"{', trained on as well' if args.train_on_validation else ''})"
     )
     train_or_resume(config, train_dir, train_threads=args.train_threads, description=description)
     return export_fold_registry(train_dir, spec.name, models_dir)
@@ -493,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/crossval"))
     parser.add_argument("--epochs", type=int, help="override the configurations' epochs (quick checks only)")
     parser.add_argument("--tta", action="store_true", help="score with test-time flips (models are reused)")
+    parser.add_argument(
+        "--train-on-validation",
+        action="store_true",
+        help="train each fold on its inner validation stack too (only watched, as the shipped 2PM model "
+        "trains on every stack); refused for recipes that choose their epoch or threshold on it",
+    )
     parser.add_argument(
         "--registry",
         type=Path,

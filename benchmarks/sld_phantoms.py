@@ -108,7 +108,7 @@ from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.request import SegmentationRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
-from crossval import MethodSpec, parse_override, write_rows  # noqa: E402
+from crossval import MethodSpec, write_rows  # noqa: E402
 from rendering_shifts import AS_RENDERED, RENDERINGS, shift_rendering  # noqa: E402
 from rose_phantoms import (  # noqa: E402
     TrainedMethod,
@@ -150,8 +150,6 @@ HEADERS = {
 }
 DELTA_KEYS = ("dice", "cldice", "hd95_mm")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # registry names (trainer.export)
-#: A comma that starts the next ``section.key=`` assignment (not one inside a TOML list or table).
-_ASSIGNMENT_COMMA = re.compile(r",(?=\s*[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)+=)")
 
 # Quick mode (a smoke test of the harness, --quick).
 QUICK_TEST_SEEDS = TEST_SEEDS[:2]
@@ -358,17 +356,13 @@ def quick_document(document: dict) -> dict:
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``NAME=CONFIG.toml[,section.key=VALUE...]`` as :class:`crossval.MethodSpec`, lists with commas allowed."""
-    name, _, rest = text.partition("=")
-    config, *assignments = _ASSIGNMENT_COMMA.split(rest) if rest else [""]
-    if not name or not config:
+    """``NAME=CONFIG.toml[,section.key=VALUE...]`` as :class:`crossval.MethodSpec` (every method here trains)."""
+    spec = MethodSpec.parse(text)
+    if spec.config is None:
         raise SystemExit(
             f"error: bad --methods entry {text!r}; write NAME=CONFIG.toml[,section.key=VALUE...]."
         )
-    if not Path(config).is_file():
-        raise SystemExit(f"error: configuration {config} of method {name} does not exist.")
-    overrides = tuple(parse_override(assignment, text) for assignment in assignments)
-    return MethodSpec(name=name, config=Path(config), overrides=overrides)
+    return spec
 
 
 def check_configuration(name: str, config: TrainConfig, test_seeds) -> None:

@@ -87,13 +87,19 @@ def make_folds(names: Sequence[str], folds: int, *, seed: int = 0) -> list[Fold]
     return result
 
 
-def fold_training_document(raw: dict[str, Any], fold: Fold, *, run_dir: str) -> dict[str, Any]:
+def fold_training_document(
+    raw: dict[str, Any], fold: Fold, *, run_dir: str, train_on_validation: bool = False
+) -> dict[str, Any]:
     """A copy of a training configuration (parsed TOML) rewritten for ``fold``.
 
     Every ``files`` source of ``data.training`` excludes the fold's test and validation stacks (whatever
     it excluded before is replaced: the fold decides); ``data.validation`` becomes the fold's validation
     stacks, read from the first training files source's root, labels and metadata. Phantom sources are
     kept as they are (synthetic data is never a test stack).
+
+    ``train_on_validation``: the validation stacks are trained on as well (only the test stacks are
+    excluded) and stay the watched validation, as the shipped 2PM model trains on every stack. Only for
+    recipes that choose nothing on the validation stack (last epoch, fixed threshold): the caller checks.
 
     Raises
     ------
@@ -107,7 +113,7 @@ def fold_training_document(raw: dict[str, Any], fold: Fold, *, run_dir: str) -> 
         raise ValueError(
             "Cross-validation needs a configuration with a `files` training source (the stacks to split)."
         )
-    held_out = sorted({*fold.test, *fold.validation})
+    held_out = sorted(set(fold.test) if train_on_validation else {*fold.test, *fold.validation})
     for source in file_sources:
         source["exclude"] = held_out
     template = file_sources[0]
