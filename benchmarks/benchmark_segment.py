@@ -11,14 +11,17 @@ the size of the TubeTK MRA volumes the VC-Net paper uses.
 
 Every stage of the run is a column (``summary.json``'s ``run_time_s``): start-up (the interpreter and the
 command's own imports), read, library imports (VTK, MRML, PyTorch, MONAI), normalise, infer, post-process,
-scene and models, write. ``--profile FOLDER`` runs each command under ``cProfile`` as well (``FOLDER/<run>.prof``,
+scene and models, write; then the command's user and system CPU seconds (system time is mostly page
+faults). ``--heap-returned`` adds a PyTorch row per network with freed memory handed back to the kernel after
+every window (how inference ran before ``VesselSegLib/inference/heap.py``). ``--profile FOLDER`` runs each command under ``cProfile`` as well (``FOLDER/<run>.prof``,
 open with ``python -m pstats`` or snakeviz) and prints the functions with the most own time; the profiler
 slows pure-Python code, so the timed table comes from runs without it.
 
 ``--backends``: each network method runs once per backend (``--backend`` of the command; filters once), and
 "Dice vs first" compares its vessel map with the first backend's, so a faster backend shows it keeps the
 output. Each run starts with a fresh backend cache (a first use measures and exports; its time is in the
-row), then runs again with that cache: both rows are printed ("first use" and "cached").
+row), then runs again with that cache: both rows are printed ("first use" and "cached"). The per-machine
+precision probe is run once beforehand, outside every row.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from measured_process import run_measured
 
+from VesselSegLib.inference.heap import SWITCH_VARIABLE as KEEP_FREED_MEMORY_VARIABLE
 from VesselSegLib.io import Volume, read_volume, write_volume
 from VesselSegLib.metrics import cldice, dice
 from VesselSegLib.models.registry import ModelRegistry
@@ -50,6 +55,7 @@ def _run_method(
     cache: Path,
     profile: Path | None = None,
     modality: str = "TOF-MRA",
+    keep_freed_memory: bool = True,
 ) -> dict:
     profiler = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
     command = [
@@ -72,9 +78,20 @@ def _run_method(
         "--quiet",
     ]
     os.environ["VESSELSEG_CACHE_DIR"] = str(cache)  # the child's runtime and backend caches
+    os.environ[KEEP_FREED_MEMORY_VARIABLE] = "1" if keep_freed_memory else "0"
     run = run_measured(command, method)
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"], "summary": summary}
+    return {**{k: run[k] for k in ("wall_s", "peak_rss_mib", "user_s", "sys_s")}, "summary": summary}
+
+
+def _probe_precision(cache: Path) -> None:
+    """Run the per-machine precision probe into ``cache`` before any timed run, so that no row pays it (a
+    user's first run does, once per machine). The backend choice (``--backends``) stays unmeasured."""
+    if not (cache / "runtime_probe.json").is_file():
+        code = "from VesselSegLib.inference.runtime import choose_runtime; choose_runtime('cpu')"
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "VESSELSEG_CACHE_DIR": str(cache)}, check=True
+        )
 
 
 def _print_hot_spots(profile: Path, count: int = 15) -> None:
@@ -122,6 +139,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, metavar="FOLDER", help="also run each command under cProfile"
     )
+    parser.add_argument(
+        "--heap-returned",
+        action="store_true",
+        help="also run each network on PyTorch with freed memory handed back to the kernel after every "
+        "window (VESSELSEG_KEEP_FREED_MEMORY=0, as before 2026-12-06) to show what keeping it saves",
+    )
     args = parser.parse_args()
     registry = ModelRegistry.default()
     methods = args.methods or list(dict.fromkeys([registry.default_for(args.modality).name, "frangi"]))
@@ -143,12 +166,24 @@ def main() -> None:
         for method in methods:
             is_network = registry.get(method).kind in ("network", "ensemble")
             first_map = None
-            for backend in args.backends if is_network else args.backends[:1]:
+            variants = [(backend, True) for backend in (args.backends if is_network else args.backends[:1])]
+            if is_network and args.heap_returned:
+                variants.append(("pytorch", False))
+            for backend, keep_freed_memory in variants:
                 cache = folder / f"cache-{method}-{backend}"
+                _probe_precision(cache)
                 for run_name in ("first use", "cached") if backend != "pytorch" and is_network else ("",):
+                    run_name = run_name if keep_freed_memory else "heap returned"
                     out = folder / f"out-{method}-{backend}-{run_name.replace(' ', '-')}"
                     run = _run_method(
-                        input_path, method, out, args.device, backend, cache, modality=args.modality
+                        input_path,
+                        method,
+                        out,
+                        args.device,
+                        backend,
+                        cache,
+                        modality=args.modality,
+                        keep_freed_memory=keep_freed_memory,
                     )
                     summary = run["summary"]
                     metrics = _score(out, case.class_map, summary["vessel_classes"])
@@ -162,7 +197,7 @@ def main() -> None:
                         else f"{method} [{'/'.join(sorted({c['backend'] for c in ran.values()}) or [backend])}]"
                     )
                     label += f" {run_name}" if run_name else ""
-                    rows.append((label, run["wall_s"], summary["run_time_s"], run["peak_rss_mib"], metrics))
+                    rows.append((label, run, summary["run_time_s"], metrics))
                     if args.profile is not None:
                         args.profile.mkdir(parents=True, exist_ok=True)
                         name = "-".join(
@@ -178,6 +213,7 @@ def main() -> None:
                             cache,
                             profile=profiled,
                             modality=args.modality,
+                            keep_freed_memory=keep_freed_memory,
                         )
                         profiles.append(profiled)
 
@@ -188,11 +224,12 @@ def main() -> None:
     )
     print(
         "| method | wall s (process) | start-up s | read s | imports s | normalise s | infer s | post-process s |"
-        " scene + models s | write s | Mvoxel/s (wall) | peak RSS MiB | Dice vessel | clDice vessel | Dice artery |"
-        " Dice vein | Dice micro | Dice vs first |"
+        " scene + models s | write s | user CPU s | system CPU s | Mvoxel/s (wall) | peak RSS MiB | Dice vessel |"
+        " clDice vessel | Dice artery | Dice vein | Dice micro | Dice vs first |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for method, wall, times, peak, metrics in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for method, run, times, metrics in rows:
+        wall = run["wall_s"]
         vessel = metrics.get("vessel", {})
         per_class = [
             f"{metrics[name]['dice']:.3f}" if name in metrics else "-" for name in ("artery", "vein", "micro")
@@ -211,7 +248,7 @@ def main() -> None:
         print(
             f"| {method} | {wall:.1f} | {wall - times['total']:.1f} | "
             + " | ".join(f"{value:.1f}" for value in stages)
-            + f" | {voxels / wall / 1e6:.2f} | {peak:.0f} | "
+            + f" | {run['user_s']:.1f} | {run['sys_s']:.1f} | {voxels / wall / 1e6:.2f} | {run['peak_rss_mib']:.0f} | "
             f"{vessel.get('dice', float('nan')):.3f} | {vessel.get('cldice', float('nan')):.3f} | "
             + " | ".join(per_class)
             + f" | {metrics['agreement']:.4f} |"

@@ -252,8 +252,8 @@ def train_fold(spec: MethodSpec, fold: Fold, fold_dir: Path, args) -> ModelRegis
     if args.train_on_validation and chooses_on_validation(config):
         raise SystemExit(
             f"error: {spec.name} chooses its epoch or threshold on the validation stack, which "
-            "--train-on-validation would train on; set training.model_selection=\"last\" and "
-            "training.threshold_selection=\"fixed\", or drop the flag."
+            '--train-on-validation would train on; set training.model_selection="last" and '
+            'training.threshold_selection="fixed", or drop the flag.'
         )
     if args.epochs is not None:
         config = config.with_overrides(epochs=args.epochs)

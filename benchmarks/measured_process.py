@@ -24,7 +24,8 @@ from pathlib import Path
 
 
 def run_measured(command: Sequence[str], what: str) -> dict:
-    """Run ``command``; returns ``{"wall_s", "peak_rss_mib", "stdout", "stderr"}``, SystemExit on failure.
+    """Run ``command``; returns ``{"wall_s", "peak_rss_mib", "user_s", "sys_s", "stdout", "stderr"}`` (CPU
+    seconds of the command itself), SystemExit on failure.
 
     The pipes are read on threads so a chatty child cannot block.
     """
@@ -46,10 +47,10 @@ def run_measured(command: Sequence[str], what: str) -> dict:
             reader.join()
         if code != 0:
             raise SystemExit(f"{what} failed: {outputs.get('stderr', '').strip()[-2000:]}")
-        peak_rss_mib = json.loads(report.read_text())["peak_rss_mib"]
+        usage = json.loads(report.read_text())
     return {
         "wall_s": wall,
-        "peak_rss_mib": peak_rss_mib,
+        **usage,
         "stdout": outputs.get("stdout", ""),
         "stderr": outputs.get("stderr", ""),
     }
@@ -59,7 +60,15 @@ def _launch(report: str, command: list[str]) -> int:
     """Fork ``command`` from this small process, reap it with ``os.wait4`` and write its peak RSS."""
     child = subprocess.Popen(command)  # inherits our stdout/stderr, which the caller reads
     _, status, usage = os.wait4(child.pid, 0)
-    Path(report).write_text(json.dumps({"peak_rss_mib": usage.ru_maxrss / 1024}))  # Linux: kilobytes
+    Path(report).write_text(
+        json.dumps(
+            {
+                "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux: kilobytes
+                "user_s": usage.ru_utime,
+                "sys_s": usage.ru_stime,  # kernel time: page faults, file I/O
+            }
+        )
+    )
     return os.waitstatus_to_exitcode(status)
 
 
