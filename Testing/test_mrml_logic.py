@@ -583,7 +583,7 @@ def test_the_shipped_registry_is_read_once_per_logic(monkeypatch):
 
 
 def test_models_enclose_the_segmented_volume(scene, input_volume, phantom):
-    """The 3D models (SurfaceNets) are closed surfaces around the class map: a ball and a thick tube each
+    """The 3D models (SurfaceNets, its own smoothing) are closed surfaces around the class map: a ball and a thick tube each
     enclose the volume of their voxels within 10 % (smoothing rounds the voxel staircase off)."""
     z, y, x = np.indices(phantom.class_map.shape)
     class_map = np.zeros(phantom.class_map.shape, dtype=np.uint8)
@@ -592,8 +592,9 @@ def test_models_enclose_the_segmented_volume(scene, input_volume, phantom):
     shapes = SimpleNamespace(class_map=class_map, spacing_zyx=phantom.spacing_zyx)
     logic = VesselSegLogic()
     outputs = logic.addResultsToScene(logic.prepareInputs(input_volume), _ground_truth_result(shapes))
-    conversion = outputs.segmentationNode.GetSegmentation().GetConversionParameter("Conversion method")
-    assert conversion == "1"  # SurfaceNets
+    segmentation = outputs.segmentationNode.GetSegmentation()
+    assert segmentation.GetConversionParameter("Conversion method") == "1"  # SurfaceNets
+    assert segmentation.GetConversionParameter("SurfaceNets smoothing") == "1"  # smoothed inside the filter
     voxel_mm3 = float(np.prod(phantom.spacing_zyx))
     assert set(outputs.modelNodes) == {"artery", "vein"}  # no model for the empty class
     for name, model in outputs.modelNodes.items():
