@@ -76,24 +76,18 @@ def _write_stacks(root: Path, names, shape=(4, 32, 32)) -> None:
         tifffile.imwrite(root / "labels" / f"{name}.tif", labels, photometric="minisblack")
 
 
+def _stems(sources) -> set[str]:
+    """The stack names a configuration's file sources read."""
+    return {path.stem for source in sources if isinstance(source, FileSource) for path in source.images}
+
+
 def test_fold_configuration_trains_only_on_the_training_stacks(tmp_path):
     _write_stacks(tmp_path / "data", NAMES)
     raw = tomllib.loads(VNET_2PM_CONFIG.read_text())
     for fold in make_folds(NAMES, 4):
         document = fold_training_document(raw, fold, run_dir=str(tmp_path / f"fold{fold.index}"))
         config = parse_config(document, base_dir=VNET_2PM_CONFIG.parent, data_root=tmp_path / "data")
-        trained = {
-            path.stem
-            for source in config.data.training
-            if isinstance(source, FileSource)
-            for path in source.images
-        }
-        validated = {
-            path.stem
-            for source in config.data.validation
-            if isinstance(source, FileSource)
-            for path in source.images
-        }
+        trained, validated = _stems(config.data.training), _stems(config.data.validation)
         assert trained == set(fold.training)
         assert validated == set(fold.validation)
         assert config.output.run_dir == tmp_path / f"fold{fold.index}"
@@ -108,12 +102,7 @@ def test_training_on_the_validation_stack_still_never_trains_on_a_test_stack(tmp
             raw, fold, run_dir=str(tmp_path / f"fold{fold.index}"), train_on_validation=True
         )
         config = parse_config(document, base_dir=VNET_2PM_CONFIG.parent, data_root=tmp_path / "data")
-        trained = {
-            path.stem
-            for source in config.data.training
-            if isinstance(source, FileSource)
-            for path in source.images
-        }
+        trained = _stems(config.data.training)
         assert trained == {*fold.training, *fold.validation}
         assert trained.isdisjoint(fold.test)
 
@@ -247,15 +236,24 @@ def test_method_overrides_may_hold_lists_and_apply_to_the_parsed_configuration()
         harness.MethodSpec.parse(f"broken={VNET_2PM_CONFIG},training.epochs=")
 
 
+def _vnet_2pm_variant(path: Path, *replacements: tuple[str, str]) -> Path:
+    """The shipped 2PM recipe with text replacements, written to ``path``."""
+    text = VNET_2PM_CONFIG.read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+#: "best" epoch: the harness then also scores the last epoch ("@last"), another model.
+BEST_EPOCH = ('model_selection = "last"', 'model_selection = "best"')
+
+
 def test_training_on_the_validation_stack_is_refused_for_a_recipe_that_chooses_on_it(tmp_path):
     harness = _load_harness()
     _write_2pm_stacks(tmp_path / "data", 4)
-    config = tmp_path / "best_epoch.toml"
-    config.write_text(
-        (REPO / "trainer" / "configs" / "vnet_2pm.toml")
-        .read_text()
-        .replace('model_selection = "last"', 'model_selection = "best"')
-    )
+    config = _vnet_2pm_variant(tmp_path / "best_epoch.toml", BEST_EPOCH)
     arguments = [
         "--methods", f"best={config}", "--folds", "2", "--data-root", str(tmp_path / "data"),
         "--run-dir", str(tmp_path / "run"), "--threads", "1", "--train-on-validation",
@@ -269,16 +267,13 @@ def test_training_on_the_validation_stack_is_refused_for_a_recipe_that_chooses_o
 def test_harness_scores_every_stack_once_and_trains_on_training_stacks_only(tmp_path, capsys):
     harness = _load_harness()
     _write_2pm_stacks(tmp_path / "data", 4)
-    config = tmp_path / "tiny_2pm.toml"
-    config.write_text(
-        (REPO / "trainer" / "configs" / "vnet_2pm.toml")
-        .read_text()
-        .replace("epochs = 10", "epochs = 2")
-        # "best" so that the harness also scores the last epoch ("@last"), which is then another model.
-        .replace('model_selection = "last"', 'model_selection = "best"')
-        .replace("patches_per_epoch = 160", "patches_per_epoch = 8")
-        .replace("patch_size_zyx = [16, 128, 128]", "patch_size_zyx = [16, 32, 32]")
-        .replace("count = 8", "count = 1")
+    config = _vnet_2pm_variant(
+        tmp_path / "tiny_2pm.toml",
+        ("epochs = 10", "epochs = 2"),
+        BEST_EPOCH,
+        ("patches_per_epoch = 160", "patches_per_epoch = 8"),
+        ("patch_size_zyx = [16, 128, 128]", "patch_size_zyx = [16, 32, 32]"),
+        ("count = 8", "count = 1"),
     )
     arguments = [
         "--methods", "frangi", f"tiny={config}", "--folds", "2", "--data-root", str(tmp_path / "data"),
