@@ -56,3 +56,16 @@ def test_the_shifts_move_the_image_in_their_direction(phantom):
 def test_an_unknown_rendering_is_refused_with_the_known_ones(phantom):
     with pytest.raises(ValueError, match="noisy"):
         shift_rendering(phantom.image, phantom.brain_mask, "foggy", seed=1)
+
+
+def test_low_contrast_on_swi_halves_how_much_darker_the_veins_are():
+    phantom = make_phantom_case("SWI", (32, 48, 48), spacing_zyx=(0.8, 0.5, 0.5), seed=5001)
+    image, brain, veins = phantom.image, phantom.brain_mask, (phantom.class_map > 0) & phantom.brain_mask
+    shifted = shift_rendering(image, brain, "low-contrast", seed=5001, modality="SWI")
+    level = np.median(image[brain])
+    depth = level - np.median(image[veins])
+    assert depth > 0  # SWI veins are dark
+    assert level - np.median(shifted[veins]) == pytest.approx(depth / 2, rel=0.1)
+    np.testing.assert_allclose(shifted[image >= level], image[image >= level])  # brighter voxels untouched
+    with pytest.raises(ValueError, match="TOF-MRA or SWI"):
+        shift_rendering(image, brain, "low-contrast", seed=5001, modality="2PM")

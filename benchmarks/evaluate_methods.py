@@ -1,7 +1,8 @@
 """Score registry methods on the phantom test set and on held-out VesselNN cases, with the same code.
 
     python benchmarks/evaluate_methods.py [--methods unet3d-baseline frangi] [--json scores.json]
-        [--renderings as-rendered noisy strong-bias low-contrast thick-slices]
+        [--renderings as-rendered noisy strong-bias low-contrast thick-slices] [--modality SWI]
+        [--registry runs/X/models/models.json]
 
 Phantom test set: TOF-MRA phantoms with seeds never used in training (``TEST_SEEDS``), scored per class
 (artery, vein, micro) and for all vessels. VesselNN: the held-out two-photon case(s), binary labels, scored
@@ -42,15 +43,18 @@ def _mean(values):
 
 
 def evaluate_phantoms(
-    method: str, registry: ModelRegistry, rendering: str = AS_RENDERED
+    method: str, registry: ModelRegistry, rendering: str = AS_RENDERED, modality: str = "TOF-MRA"
 ) -> dict[str, dict[str, float]]:
     per_case = []
     for seed in TEST_SEEDS:
-        case = make_phantom_case("TOF-MRA", TEST_SHAPE_ZYX, seed=seed)
+        case = make_phantom_case(modality, TEST_SHAPE_ZYX, seed=seed)
         result = segment_image(
-            shift_rendering(case.image, case.brain_mask, rendering, seed),
+            shift_rendering(case.image, case.brain_mask, rendering, seed, modality=modality),
             case.spacing_zyx,
-            SegmentationRequest(modality="TOF-MRA", method=method, device="cpu"),
+            SegmentationRequest(modality=modality, method=method, device="cpu"),
+            # SWI is inverted inside the brain (its dark veins made bright), so it needs the mask, as users
+            # give it; the TOF-MRA figures have always been taken without one.
+            brain_mask=case.brain_mask if modality == "SWI" else None,
             registry=registry,
         )
         per_case.append(
@@ -95,34 +99,57 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--renderings", nargs="+", choices=RENDERINGS, default=[AS_RENDERED])
     parser.add_argument(
+        "--modality",
+        choices=("TOF-MRA", "SWI"),
+        default="TOF-MRA",
+        help="the phantom test set's contrast (the same vessel trees; SWI: dark veins)",
+    )
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="models.json whose names are looked up before the shipped registry's (e.g. retrained weights)",
+    )
+    parser.add_argument(
         "--update-cards",
         action="store_true",
         help="Write each network's scores, with the Frangi baseline's, into its model card (evaluation).",
     )
     args = parser.parse_args()
     registry = ModelRegistry.default()
+    if args.registry is not None:
+        if args.update_cards:
+            raise SystemExit("error: --update-cards writes the shipped cards; drop --registry.")
+        extra = ModelRegistry.from_file(args.registry)
+        shipped = [e for e in registry.entries() if e.name not in set(extra.names)]
+        registry = ModelRegistry([*extra.entries(), *shipped])
+    if args.modality != "TOF-MRA" and args.update_cards:
+        raise SystemExit("error: --update-cards records the TOF-MRA phantom test set; drop --modality.")
+    phantom_key = "phantom_" + args.modality.lower().replace("-", "_")  # phantom_tof_mra, phantom_swi
     methods = args.methods or [e.name for e in registry.entries()]
     root = args.vesselnn or vesselnn_dir()
     report = {}
     for method in methods:
         started = time.perf_counter()
         report[method] = {}
-        if "TOF-MRA" in registry.get(method).modalities:  # 2PM-only models skip the TOF-MRA phantoms
+        if args.modality in registry.get(method).modalities:  # 2PM-only models skip the MRI phantoms
             for rendering in args.renderings:
-                key = "phantom_tof_mra" if rendering == AS_RENDERED else f"phantom_tof_mra_{rendering}"
-                report[method][key] = evaluate_phantoms(method, registry, rendering)
+                key = phantom_key if rendering == AS_RENDERED else f"{phantom_key}_{rendering}"
+                report[method][key] = evaluate_phantoms(method, registry, rendering, args.modality)
         if root.is_dir() and "2PM" in registry.get(method).modalities:
             report[method]["vesselnn"] = evaluate_vesselnn(method, registry, root)
         report[method]["seconds"] = time.perf_counter() - started
 
-    print(f"# Phantom test set: {len(TEST_SEEDS)} TOF-MRA phantoms {TEST_SHAPE_ZYX}, seeds {TEST_SEEDS}")
+    print(
+        f"# Phantom test set: {len(TEST_SEEDS)} {args.modality} phantoms {TEST_SHAPE_ZYX}, seeds {TEST_SEEDS}"
+    )
     print("| method | class | " + " | ".join(METRICS) + " |")
     print("|---|---|" + "---|" * len(METRICS))
     for method, scores in report.items():
         for test_set, classes in scores.items():
-            if not test_set.startswith("phantom_tof_mra"):
+            if not test_set.startswith(phantom_key):
                 continue
-            shift = test_set.removeprefix("phantom_tof_mra").lstrip("_")
+            shift = test_set.removeprefix(phantom_key).lstrip("_")
             for key, values in classes.items():
                 label = f"{key} ({shift})" if shift else key
                 print(f"| {method} | {label} | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")

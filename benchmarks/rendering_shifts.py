@@ -13,8 +13,10 @@ shift             what it stands for, and how far outside the training range
                   added (twice the renderer's largest).
 ``strong-bias``   receive coil without intensity correction: a smooth multiplicative ramp from 0.6
                   to 1.4 across the volume (Z and X; the renderer's field stays within about +-25 %).
-``low-contrast``  weaker inflow enhancement (slow flow, saturated slabs): everything above the tissue
-                  level is compressed to half its height (arterial contrast 0.22-0.4).
+``low-contrast``  weaker vessel contrast: on TOF-MRA (weaker inflow enhancement: slow flow, saturated
+                  slabs) everything above the tissue level is compressed to half its height (arterial
+                  contrast 0.22-0.4); on SWI (dark veins: lower field strength, shorter echo time)
+                  everything below it.
 ``thick-slices``  slices twice as thick: pairs of slices averaged, interpolated back to the grid (the
                   partial-volume blur along Z of a 1.6 mm acquisition resampled to 0.8 mm).
 ================  ===================================================================================
@@ -39,13 +41,20 @@ _BIAS_RANGE = (0.6, 1.4)
 _CONTRAST_FACTOR = 0.5
 
 
-def shift_rendering(image: np.ndarray, brain_mask: np.ndarray, rendering: str, seed: int) -> np.ndarray:
+def shift_rendering(
+    image: np.ndarray, brain_mask: np.ndarray, rendering: str, seed: int, *, modality: str = "TOF-MRA"
+) -> np.ndarray:
     """``image`` (Z, Y, X), as rendered, shifted by ``rendering`` (one of :data:`RENDERINGS`); a new array.
 
-    Raises ``ValueError`` for an unknown rendering, naming the known ones.
+    ``modality`` ("TOF-MRA": bright vessels, or "SWI": dark veins) decides which side of the tissue level
+    ``low-contrast`` compresses; the other shifts do not depend on it.
+
+    Raises ``ValueError`` for an unknown rendering or modality, naming the known ones.
     """
     if rendering not in RENDERINGS:
         raise ValueError(f"Unknown rendering {rendering!r}; use one of {', '.join(RENDERINGS)}.")
+    if modality not in ("TOF-MRA", "SWI"):
+        raise ValueError(f"Unknown modality {modality!r} for a rendering shift; use TOF-MRA or SWI.")
     image = np.asarray(image, dtype=np.float32)
     if rendering == AS_RENDERED:
         return image.copy()
@@ -63,6 +72,9 @@ def shift_rendering(image: np.ndarray, brain_mask: np.ndarray, rendering: str, s
         low, high = _BIAS_RANGE
         return image * (low + (high - low) * (z + x) / 2.0)
     if rendering == "low-contrast":
+        if modality == "SWI":  # veins are darker than tissue
+            below = np.maximum(tissue - image, 0.0)
+            return image + (1.0 - _CONTRAST_FACTOR) * below
         above = np.maximum(image - tissue, 0.0)
         return image - (1.0 - _CONTRAST_FACTOR) * above
     # thick-slices: pairs of slices averaged (an odd last slice kept), then linear interpolation back
