@@ -311,6 +311,17 @@ def test_harness_scores_every_stack_once_and_trains_on_training_stacks_only(tmp_
     mtime = (tmp_path / "run" / "tiny" / "fold-0" / "train" / "best.safetensors").stat().st_mtime
     assert harness.main(arguments) == 0
     assert (tmp_path / "run" / "tiny" / "fold-0" / "train" / "best.safetensors").stat().st_mtime == mtime
+    # Averaging a method with itself changes nothing: each stack scores as the method cut at 0.5.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import crossval_ensemble
+
+    folds_, members = crossval_ensemble.fold_members([tmp_path / "run" / "tiny"] * 2)
+    stacks = harness.load_stacks(tmp_path / "data")
+    averaged = crossval_ensemble.ensemble_rows(folds_, members, stacks, 0.5)
+    at_half = {r["stack"]: float(r["dice"]) for r in rows if r["method"] == "tiny@0.5"}
+    assert sorted(r["stack"] for r in averaged) == ["s0", "s1", "s2", "s3"]
+    for row in averaged:
+        assert row["averaged"]["dice"] == pytest.approx(at_half[row["stack"]], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -49,23 +49,11 @@ def fold_members(method_dirs: list[Path]) -> tuple[list[dict], list[list[tuple[s
     return splits[0]["folds"], members
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("methods", nargs="+", type=Path, help="trained method folders (RUN_DIR/NAME)")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--data-root", type=Path, default=None, help="VesselNN folder")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+def ensemble_rows(folds, members, stacks, threshold: float) -> list[dict]:
+    """Per held-out stack: ``{"fold", "stack", "alone": [each member's scores], "averaged": scores}``."""
     # crossval.segment reads these options (no flips, no adaptation: the members as trained).
     options = argparse.Namespace(tta=False, adapt_seconds=None)
-    stacks = load_stacks(args.data_root or vesselnn_dir())
-    folds, members = fold_members(args.methods)
-    labels = [f"member {k + 1}" for k in range(len(args.methods))]
     rows = []
-    print("| fold | stack | " + " | ".join(f"{label} Dice" for label in labels) + " | average Dice |")
-    print("|---|---|" + "---|" * (len(labels) + 1))
     for fold, registries in zip(folds, members, strict=True):
         for name in fold["test"]:
             stack = stacks[name]
@@ -75,13 +63,32 @@ def main(argv: list[str] | None = None) -> int:
                 probabilities.append(member_probabilities)
                 alone.append(score(stack, decision, member_probabilities))
             mean = np.mean(probabilities, axis=0)
-            averaged = score(stack, mean > args.threshold, mean)
-            rows.append({"alone": alone, "averaged": averaged})
-            print(
-                f"| {fold['index']} | {name} | "
-                + " | ".join(f"{s['dice']:.3f}" for s in alone)
-                + f" | {averaged['dice']:.3f} |"
-            )
+            averaged = score(stack, mean > threshold, mean)
+            rows.append({"fold": fold["index"], "stack": name, "alone": alone, "averaged": averaged})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("methods", nargs="+", type=Path, help="trained method folders (RUN_DIR/NAME)")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--data-root", type=Path, default=None, help="VesselNN folder")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    stacks = load_stacks(args.data_root or vesselnn_dir())
+    folds, members = fold_members(args.methods)
+    labels = [f"member {k + 1}" for k in range(len(args.methods))]
+    print("| fold | stack | " + " | ".join(f"{label} Dice" for label in labels) + " | average Dice |")
+    print("|---|---|" + "---|" * (len(labels) + 1))
+    rows = ensemble_rows(folds, members, stacks, args.threshold)
+    for row in rows:
+        print(
+            f"| {row['fold']} | {row['stack']} | "
+            + " | ".join(f"{s['dice']:.3f}" for s in row["alone"])
+            + f" | {row['averaged']['dice']:.3f} |"
+        )
     print("\nMean +- sd over the held-out stacks:\n")
     print("| model | " + " | ".join(SCORE_KEYS) + " | min Dice |")
     print("|---|" + "---|" * (len(SCORE_KEYS) + 1))
