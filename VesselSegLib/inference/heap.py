@@ -4,9 +4,9 @@ Why this exists: each window's forward pass allocates activations of hundreds of
 with 8 channels is 268 MB in float32). glibc serves any block above its mmap threshold (at most 32 MiB) with a
 fresh ``mmap`` and returns it with ``munmap`` when PyTorch frees it, so the next window page-faults the same
 amount in again, zero-filled by the kernel: on a 2-core CPU that was 10-14 s of system time in a 30 s
-TOF-MRA run (``benchmarks/benchmark_segment.py``, the ``sys`` column). With mmap switched off for the
+TOF-MRA run (``benchmarks/benchmark_segment.py --heap-returned``, its system CPU column). With mmap switched off for the
 duration of the pass and the heap's trim threshold raised, freed activations stay in the heap and the next
-window reuses them: no page faults after the first window, the same numbers.
+window reuses them: no page faults after the first few windows, and the same numbers.
 
 PyTorch's CPU allocator has no cache of its own for this and neither NumPy nor PyTorch exposes one; the
 allocator settings are glibc's own (``mallopt``), so this is done by hand through ``ctypes``. On leaving,
@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-logger = logging.getLogger(__name__)
 
 #: Environment variable: "0" leaves glibc's allocator as it is.
 SWITCH_VARIABLE = "VESSELSEG_KEEP_FREED_MEMORY"
