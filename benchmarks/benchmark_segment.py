@@ -12,8 +12,7 @@ the size of the TubeTK MRA volumes the VC-Net paper uses.
 Every stage of the run is a column (``summary.json``'s ``run_time_s``): start-up (the interpreter and the
 command's own imports), read, library imports (VTK, MRML, PyTorch, MONAI), normalise, infer, post-process,
 scene and models, write; then the command's user and system CPU seconds (system time is mostly page
-faults). ``--heap-returned`` adds a PyTorch row per network with freed memory handed back to the kernel after
-every window (how inference ran before ``VesselSegLib/inference/heap.py``). ``--profile FOLDER`` runs each command under ``cProfile`` as well (``FOLDER/<run>.prof``,
+faults). ``--profile FOLDER`` runs each command under ``cProfile`` as well (``FOLDER/<run>.prof``,
 open with ``python -m pstats`` or snakeviz) and prints the functions with the most own time; the profiler
 slows pure-Python code, so the timed table comes from runs without it.
 
@@ -38,7 +37,6 @@ from pathlib import Path
 import numpy as np
 from measured_process import run_measured
 
-from VesselSegLib.inference.heap import SWITCH_VARIABLE as KEEP_FREED_MEMORY_VARIABLE
 from VesselSegLib.io import Volume, read_volume, write_volume
 from VesselSegLib.metrics import cldice, dice
 from VesselSegLib.models.registry import ModelRegistry
@@ -55,7 +53,6 @@ def _run_method(
     cache: Path,
     profile: Path | None = None,
     modality: str = "TOF-MRA",
-    keep_freed_memory: bool = True,
 ) -> dict:
     profiler = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
     command = [
@@ -78,7 +75,6 @@ def _run_method(
         "--quiet",
     ]
     os.environ["VESSELSEG_CACHE_DIR"] = str(cache)  # the child's runtime and backend caches
-    os.environ[KEEP_FREED_MEMORY_VARIABLE] = "1" if keep_freed_memory else "0"
     run = run_measured(command, method)
     summary = json.loads((out / "summary.json").read_text())
     return {**{k: run[k] for k in ("wall_s", "peak_rss_mib", "user_s", "sys_s")}, "summary": summary}
@@ -139,12 +135,6 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, metavar="FOLDER", help="also run each command under cProfile"
     )
-    parser.add_argument(
-        "--heap-returned",
-        action="store_true",
-        help="also run each network on PyTorch with freed memory handed back to the kernel after every "
-        "window (VESSELSEG_KEEP_FREED_MEMORY=0, as before 2026-12-06) to show what keeping it saves",
-    )
     args = parser.parse_args()
     registry = ModelRegistry.default()
     methods = args.methods or list(dict.fromkeys([registry.default_for(args.modality).name, "frangi"]))
@@ -166,14 +156,10 @@ def main() -> None:
         for method in methods:
             is_network = registry.get(method).kind in ("network", "ensemble")
             first_map = None
-            variants = [(backend, True) for backend in (args.backends if is_network else args.backends[:1])]
-            if is_network and args.heap_returned:
-                variants.append(("pytorch", False))
-            for backend, keep_freed_memory in variants:
+            for backend in args.backends if is_network else args.backends[:1]:
                 cache = folder / f"cache-{method}-{backend}"
                 _probe_precision(cache)
                 for run_name in ("first use", "cached") if backend != "pytorch" and is_network else ("",):
-                    run_name = run_name if keep_freed_memory else "heap returned"
                     out = folder / f"out-{method}-{backend}-{run_name.replace(' ', '-')}"
                     run = _run_method(
                         input_path,
@@ -183,7 +169,6 @@ def main() -> None:
                         backend,
                         cache,
                         modality=args.modality,
-                        keep_freed_memory=keep_freed_memory,
                     )
                     summary = run["summary"]
                     metrics = _score(out, case.class_map, summary["vessel_classes"])
@@ -213,7 +198,6 @@ def main() -> None:
                             cache,
                             profile=profiled,
                             modality=args.modality,
-                            keep_freed_memory=keep_freed_memory,
                         )
                         profiles.append(profiled)
 

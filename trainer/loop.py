@@ -68,7 +68,6 @@ from trainer.distributed import (
 )
 from trainer.losses import build_loss
 from trainer.plotting import plot_training_curves
-from VesselSegLib.inference.heap import keep_freed_memory
 from VesselSegLib.inference.sliding_window import predict_probabilities
 from VesselSegLib.metrics import best_threshold
 from VesselSegLib.metrics import dice as dice_score
@@ -760,10 +759,7 @@ def run_training(
             trainer_class = SLDTrainer
     context = init_distributed(config.training.device)
     try:
-        # Every step's activations and gradients reuse the heap instead of being paged in afresh
-        # (VesselSegLib/inference/heap.py; about a tenth of a CPU training's time was page faults).
-        with keep_freed_memory():
-            return trainer_class(config, resume=resume, command=command, context=context).fit()
+        return trainer_class(config, resume=resume, command=command, context=context).fit()
     finally:
         cleanup(context)
 

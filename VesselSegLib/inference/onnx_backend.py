@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from VesselSegLib.inference.heap import keep_freed_memory
 from VesselSegLib.inference.runtime import cache_path, machine_key
 from VesselSegLib.request import BACKENDS
 
@@ -224,8 +223,7 @@ def measure(
     array = x.numpy()
     network.eval()
     timings: dict[str, float] = {}
-    # As predict_probabilities runs it on a CPU: channels_last_3d, freed activations kept in the heap.
-    with torch.no_grad(), keep_freed_memory():
+    with torch.no_grad():  # as predict_probabilities runs it on a CPU: channels_last_3d
         set_3d_memory_format(network, torch.channels_last_3d)
         x_last = x.contiguous(memory_format=torch.channels_last_3d)
         timings["pytorch"] = best_seconds(lambda: network(x_last))

@@ -28,7 +28,6 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from VesselSegLib.errors import SegmentationCancelled
-from VesselSegLib.inference.heap import keep_freed_memory
 from VesselSegLib.inference.test_time_augmentation import predict_with_flips
 from VesselSegLib.models.memory_format import set_3d_memory_format
 
@@ -265,8 +264,7 @@ def predict_outputs(
     )
     target = resolve_device(device)
     try:
-        with keep_freed_memory():  # no page faults for each window's activations (inference/heap.py)
-            return _run(network, image, settings, batch_size, target, precision)
+        return _run(network, image, settings, batch_size, target, precision)
     except torch.cuda.OutOfMemoryError:
         if target.type != "cuda":
             raise
@@ -278,8 +276,7 @@ def predict_outputs(
             logger.warning("GPU still out of memory; falling back to the CPU (slower).")
             torch.cuda.empty_cache()
             # float32 on the CPU: the GPU's float16 does not exist there, and bfloat16 is for the probe to choose.
-            with keep_freed_memory():
-                return _run(network, image, settings, batch_size, torch.device("cpu"), "float32")
+            return _run(network, image, settings, batch_size, torch.device("cpu"), "float32")
 
 
 def input_placement(

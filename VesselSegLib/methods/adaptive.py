@@ -44,7 +44,6 @@ class AdaptiveNetwork(NetworkEnsemble):
 
     def adapt(self, images, plan, *, budget_s, device, progress=None, cancel=None) -> dict:
         """Train a copy of the weights on ``images.image`` for ``budget_s`` s; the record goes to summary.json."""
-        from VesselSegLib.inference.heap import keep_freed_memory
         from VesselSegLib.unsupervised.adaptation import adapt_network
 
         self._adapted = None
@@ -52,16 +51,15 @@ class AdaptiveNetwork(NetworkEnsemble):
             return {}
         settings = self.adaptation_settings()
         network = self.entry.load_network()
-        with keep_freed_memory():  # each step's activations and gradients reuse the heap (no page faults)
-            adapted, record = adapt_network(
-                network,
-                images.image,
-                budget_s=budget_s,
-                settings=settings,
-                device=device,
-                progress=progress,
-                cancel=cancel,
-            )
+        adapted, record = adapt_network(
+            network,
+            images.image,
+            budget_s=budget_s,
+            settings=settings,
+            device=device,
+            progress=progress,
+            cancel=cancel,
+        )
         if adapted is not network:
             self._adapted = adapted
         record["method"] = "umis-loss"
