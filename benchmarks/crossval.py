@@ -183,10 +183,19 @@ def variant_tag(args) -> str:
     return variant_suffix(args).replace("+", "-")
 
 
-def segment(stack: Stack, method: str, registry: ModelRegistry, args):
-    fields = {"test_time_augmentation": True} if args.tta else {}
-    if args.adapt_seconds is not None:
-        fields["adaptation_budget_s"] = args.adapt_seconds
+def segment(
+    stack: Stack,
+    method: str,
+    registry: ModelRegistry,
+    *,
+    tta: bool = False,
+    adapt_seconds: float | None = None,
+):
+    """The held-out stack through the code path users run: ``(decision, probabilities, threshold, s)``;
+    ``tta`` and ``adapt_seconds`` are the harness's ``--tta`` and ``--adapt-seconds``."""
+    fields = {"test_time_augmentation": True} if tta else {}
+    if adapt_seconds is not None:
+        fields["adaptation_budget_s"] = adapt_seconds
     started = time.monotonic()
     result = segment_image(
         stack.image,
@@ -288,7 +297,9 @@ def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) ->
     record = json.loads((fold_dir / "train" / RUN_RECORD).read_text())
     rows = []
     for name in fold.test:
-        decision, probabilities, threshold, seconds = segment(stacks[name], spec.name, registry, args)
+        decision, probabilities, threshold, seconds = segment(
+            stacks[name], spec.name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds
+        )
         timing = {
             "segment_s": round(seconds, 1),
             "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
@@ -330,7 +341,9 @@ def last_epoch_rows(
     )
     rows = []
     for stack_name in fold.test:
-        decision, probabilities, threshold, seconds = segment(stacks[stack_name], name, registry, args)
+        decision, probabilities, threshold, seconds = segment(
+            stacks[stack_name], name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds
+        )
         timing = {
             "segment_s": round(seconds, 1),
             "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
@@ -364,7 +377,9 @@ def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.nda
         extra = ModelRegistry.from_file(args.registry)
         if spec.name in {entry.name for entry in extra.entries()}:
             registry = extra
-    decision, probabilities, threshold, seconds = segment(stack, spec.name, registry, args)
+    decision, probabilities, threshold, seconds = segment(
+        stack, spec.name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     threshold = math.nan if threshold is None else float(threshold)
     np.savez_compressed(

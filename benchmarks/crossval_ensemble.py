@@ -51,15 +51,13 @@ def fold_members(method_dirs: list[Path]) -> tuple[list[dict], list[list[tuple[s
 
 def ensemble_rows(folds, members, stacks, threshold: float) -> list[dict]:
     """Per held-out stack: ``{"fold", "stack", "alone": [each member's scores], "averaged": scores}``."""
-    # crossval.segment reads these options (no flips, no adaptation: the members as trained).
-    options = argparse.Namespace(tta=False, adapt_seconds=None)
     rows = []
     for fold, registries in zip(folds, members, strict=True):
         for name in fold["test"]:
             stack = stacks[name]
             probabilities, alone = [], []
             for method, registry in registries:
-                decision, member_probabilities, _, _ = segment(stack, method, registry, options)
+                decision, member_probabilities, _, _ = segment(stack, method, registry)  # as trained
                 probabilities.append(member_probabilities)
                 alone.append(score(stack, decision, member_probabilities))
             mean = np.mean(probabilities, axis=0)

@@ -66,12 +66,11 @@ def main() -> None:
         + " |"
     )
     print("|---|---|---|---|---|" + "---|" * len(THRESHOLDS))
-    harness_options = argparse.Namespace(tta=False, adapt_seconds=None)  # crossval's plain scoring run
     stacks = load_stacks(args.data_root)  # the harness's reader: voxel sizes from the metadata side-cars
     for name in args.stacks:
         stack = stacks[name]
         image, label, spacing_zyx = stack.image, stack.reference, stack.spacing_zyx
-        predicted, probability, _, _ = segment(stack, args.method, registry, harness_options)
+        predicted, probability, _, _ = segment(stack, args.method, registry)
         false_positive = predicted & ~label
         pixel_um = spacing_zyx[2] * 1000.0
         distance_um = np.stack([ndimage.distance_transform_edt(~plane) for plane in label]) * pixel_um

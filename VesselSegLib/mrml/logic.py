@@ -559,7 +559,7 @@ class VesselSegLogic:
     ) -> None:
         segmentationNode = outputs.segmentationNode
         # SurfaceNets (VTK's vtkSurfaceNets3D) with its own constrained smoothing instead of Slicer's default
-        # flying edges + windowed-sinc smoothing: the same points, 4.2x (TOF-MRA phantom) to 7.3x (2PM
+        # flying edges + windowed-sinc smoothing: the same points, 3.2x (TOF-MRA phantom) to 5.5x (2PM
         # phantom) faster, enclosed volumes as near the voxels' (benchmarks/benchmark_surfaces.py). The
         # windowed-sinc filter was most of the time of SurfaceNets with Slicer's default smoothing.
         for name, value in CLOSED_SURFACE_PARAMETERS.items():
