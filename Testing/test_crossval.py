@@ -362,5 +362,10 @@ def test_harness_trains_a_label_free_method_per_fold_and_scores_its_adaptation(t
     rows = list(csv.DictReader((tmp_path / "run" / "scores.csv").open()))
     adapted = [r for r in rows if r["method"] == "umisx+adapt1"]
     assert sorted(r["stack"] for r in adapted) == ["s0", "s1", "s2", "s3"]
-    assert all(float(r["segment_s"]) >= 1.0 for r in adapted)  # the adaptation's second is in the time
+    for row in adapted:
+        # The adaptation ran (at least one step), its time is inside the request's, and it kept to its budget
+        # unless its collapse guard stopped it early (a tiny network on random stacks may collapse).
+        adapt_s, steps = float(row["adapt_s"]), int(row["adapt_steps"])
+        assert steps >= 1 and 0.0 < adapt_s <= float(row["segment_s"]) + 0.05
+        assert row["adapt_collapsed"] == "True" or adapt_s <= 1.0 + adapt_s / steps + 0.5
     assert weights.read_bytes() == before  # the fold's model file is never changed by adapting

@@ -41,6 +41,7 @@ import time
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -183,6 +184,32 @@ def variant_tag(args) -> str:
     return variant_suffix(args).replace("+", "-")
 
 
+class Segmented(NamedTuple):
+    """What :func:`segment` returns for one held-out stack."""
+
+    decision: np.ndarray
+    probabilities: np.ndarray
+    threshold: float | None
+    seconds: float
+    """Wall clock of the whole request, the adaptation included."""
+    adaptation: dict
+    """The adaptation's record (``seconds``, ``steps``, ``collapsed``...); empty when nothing adapted."""
+
+    def timing(self, train_s: float, best_epoch) -> dict:
+        """The cost columns of a row; adapted rows also say how long the adaptation ran and whether its
+        collapse guard stopped it (then the original weights segmented the stack)."""
+        columns = {
+            "segment_s": round(self.seconds, 1),
+            "train_s": round(train_s, 1),
+            "best_epoch": best_epoch,
+        }
+        if self.adaptation:
+            columns["adapt_s"] = round(float(self.adaptation.get("seconds", 0.0)), 2)
+            columns["adapt_steps"] = int(self.adaptation.get("steps", 0))
+            columns["adapt_collapsed"] = bool(self.adaptation.get("collapsed", False))
+        return columns
+
+
 def segment(
     stack: Stack,
     method: str,
@@ -190,9 +217,9 @@ def segment(
     *,
     tta: bool = False,
     adapt_seconds: float | None = None,
-):
-    """The held-out stack through the code path users run: ``(decision, probabilities, threshold, s)``;
-    ``tta`` and ``adapt_seconds`` are the harness's ``--tta`` and ``--adapt-seconds``."""
+) -> Segmented:
+    """The held-out stack through the code path users run; ``tta`` and ``adapt_seconds`` are the
+    harness's ``--tta`` and ``--adapt-seconds``."""
     fields = {"test_time_augmentation": True} if tta else {}
     if adapt_seconds is not None:
         fields["adaptation_budget_s"] = adapt_seconds
@@ -205,8 +232,13 @@ def segment(
     )
     seconds = time.monotonic() - started
     class_name = result.vessel_classes[0]
-    probabilities = result.probabilities.get(class_name)
-    return result.class_map > 0, probabilities, result.thresholds.get(class_name), seconds
+    return Segmented(
+        decision=result.class_map > 0,
+        probabilities=result.probabilities.get(class_name),
+        threshold=result.thresholds.get(class_name),
+        seconds=seconds,
+        adaptation=dict(result.adaptation),
+    )
 
 
 # --------------------------------------------------------------------------------------- trained methods
@@ -297,22 +329,22 @@ def run_trained(spec: MethodSpec, fold: Fold, stacks: dict[str, Stack], args) ->
     record = json.loads((fold_dir / "train" / RUN_RECORD).read_text())
     rows = []
     for name in fold.test:
-        decision, probabilities, threshold, seconds = segment(
-            stacks[name], spec.name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds
-        )
-        timing = {
-            "segment_s": round(seconds, 1),
-            "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
-            "best_epoch": record.get("best_epoch"),
-        }
+        out = segment(stacks[name], spec.name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds)
+        timing = out.timing(float(record.get("elapsed_seconds", math.nan)), record.get("best_epoch"))
         stack = stacks[name]
         # The same probabilities cut at 0.5: what the chosen threshold gains (or loses) on unseen stacks.
         rows.append(
             score_row(
-                f"{spec.name}@0.5{suffix}", fold, stack, probabilities > 0.5, probabilities, 0.5, timing
+                f"{spec.name}@0.5{suffix}",
+                fold,
+                stack,
+                out.probabilities > 0.5,
+                out.probabilities,
+                0.5,
+                timing,
             )
         )
-        rows.append(score_row(label, fold, stack, decision, probabilities, threshold, timing))
+        rows.append(score_row(label, fold, stack, out.decision, out.probabilities, out.threshold, timing))
         logger.info("%s fold %d %s: Dice %.3f", label, fold.index, name, rows[-1]["dice"])
     scores_path.write_text(json.dumps(rows, indent=1) + "\n")
     return rows + last_epoch_rows(spec, fold, fold_dir, stacks, args)
@@ -341,16 +373,16 @@ def last_epoch_rows(
     )
     rows = []
     for stack_name in fold.test:
-        decision, probabilities, threshold, seconds = segment(
-            stacks[stack_name], name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds
-        )
-        timing = {
-            "segment_s": round(seconds, 1),
-            "train_s": round(float(record.get("elapsed_seconds", math.nan)), 1),
-            "best_epoch": record.get("epochs_completed"),
-        }
+        out = segment(stacks[stack_name], name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds)
+        timing = out.timing(float(record.get("elapsed_seconds", math.nan)), record.get("epochs_completed"))
         row = score_row(
-            f"{spec.name}@last{suffix}", fold, stacks[stack_name], decision, probabilities, threshold, timing
+            f"{spec.name}@last{suffix}",
+            fold,
+            stacks[stack_name],
+            out.decision,
+            out.probabilities,
+            out.threshold,
+            timing,
         )
         rows.append(row)
         logger.info("%s fold %d %s: Dice %.3f", row["method"], fold.index, stack_name, row["dice"])
@@ -377,7 +409,7 @@ def stack_maps(spec: MethodSpec, stack: Stack, args) -> tuple[np.ndarray, np.nda
         extra = ModelRegistry.from_file(args.registry)
         if spec.name in {entry.name for entry in extra.entries()}:
             registry = extra
-    decision, probabilities, threshold, seconds = segment(
+    decision, probabilities, threshold, seconds, _ = segment(
         stack, spec.name, registry, tta=args.tta, adapt_seconds=args.adapt_seconds
     )
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -519,7 +551,9 @@ def write_rows(rows: list[dict], paths: list[Path]) -> None:
     """The per-stack rows as CSV, one file per path (the run folder's, and --csv's)."""
     for path in paths:
         with path.open("w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+            # The union of the rows' columns (adapted rows have three more; cached rows may predate one).
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            writer = csv.DictWriter(stream, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
 

@@ -57,7 +57,7 @@ def ensemble_rows(folds, members, stacks, threshold: float) -> list[dict]:
             stack = stacks[name]
             probabilities, alone = [], []
             for method, registry in registries:
-                decision, member_probabilities, _, _ = segment(stack, method, registry)  # as trained
+                decision, member_probabilities, *_ = segment(stack, method, registry)  # as trained
                 probabilities.append(member_probabilities)
                 alone.append(score(stack, decision, member_probabilities))
             mean = np.mean(probabilities, axis=0)

@@ -70,7 +70,7 @@ def main() -> None:
     for name in args.stacks:
         stack = stacks[name]
         image, label, spacing_zyx = stack.image, stack.reference, stack.spacing_zyx
-        predicted, probability, _, _ = segment(stack, args.method, registry)
+        predicted, probability, *_ = segment(stack, args.method, registry)
         false_positive = predicted & ~label
         pixel_um = spacing_zyx[2] * 1000.0
         distance_um = np.stack([ndimage.distance_transform_edt(~plane) for plane in label]) * pixel_um
