@@ -196,18 +196,19 @@ class Segmented(NamedTuple):
     """The adaptation's record (``seconds``, ``steps``, ``collapsed``...); empty when nothing adapted."""
 
     def timing(self, train_s: float, best_epoch) -> dict:
-        """The cost columns of a row; adapted rows also say how long the adaptation ran and whether its
-        collapse guard stopped it (then the original weights segmented the stack)."""
-        columns = {
-            "segment_s": round(self.seconds, 1),
-            "train_s": round(train_s, 1),
-            "best_epoch": best_epoch,
-        }
-        if self.adaptation:
-            columns["adapt_s"] = round(float(self.adaptation.get("seconds", 0.0)), 2)
-            columns["adapt_steps"] = int(self.adaptation.get("steps", 0))
-            columns["adapt_collapsed"] = bool(self.adaptation.get("collapsed", False))
-        return columns
+        """The cost columns of this stack's rows (:func:`cost_columns`)."""
+        return cost_columns(self.seconds, train_s, best_epoch, self.adaptation)
+
+
+def cost_columns(segment_s: float, train_s: float, best_epoch, adaptation: dict | None = None) -> dict:
+    """The cost columns of a row; adapted rows also say how long the adaptation ran and whether its
+    collapse guard stopped it (then the original weights segmented the stack)."""
+    columns = {"segment_s": round(segment_s, 1), "train_s": round(train_s, 1), "best_epoch": best_epoch}
+    if adaptation:
+        columns["adapt_s"] = round(float(adaptation.get("seconds", 0.0)), 2)
+        columns["adapt_steps"] = int(adaptation.get("steps", 0))
+        columns["adapt_collapsed"] = bool(adaptation.get("collapsed", False))
+    return columns
 
 
 def segment(
@@ -440,7 +441,7 @@ def run_untrained(
             (spec.name + suffix, decision, math.nan),  # the method's own (automatic) decision
             (f"{spec.name}+tuned{suffix}", scores > tuned, tuned),
         ):
-            timing = {"segment_s": round(seconds, 1), "train_s": 0.0, "best_epoch": None}
+            timing = cost_columns(seconds, 0.0, None)
             rows.append(score_row(label, fold, stacks[name], mask, scores, threshold, timing))
     return rows
 
