@@ -181,3 +181,16 @@ def test_the_same_seed_and_thread_count_train_the_same_weights(trained_run, tmp_
     columns = ("train_loss", "train_adversarial", "train_refinement")
     read = [list(csv.DictReader((d / LOG_CSV).open(newline=""))) for d in (trained_run, tmp_path / "run")]
     assert [[r[c] for c in columns] for r in read[0]] == [[r[c] for c in columns] for r in read[1]]
+
+
+def test_the_optional_brightness_prior_is_logged_only_where_it_is_on(trained_run, tmp_path):
+    document = _document(tmp_path, stages=(1, 1, 0))
+    document["training"]["sld"]["loss_weights"] = {"brightness": 1.0}
+    clear_case_cache()
+    run_training(parse_config(document), command=["test"])
+    with (tmp_path / "run" / LOG_CSV).open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows[0]["train_brightness"] == ""  # stage 1 has no vessel channel yet
+    assert 0 < float(rows[1]["train_brightness"]) < np.e  # exp(c_rest - c_vessel), intensities in [0, 1]
+    with (trained_run / LOG_CSV).open(newline="") as stream:
+        assert "train_brightness" not in next(csv.reader(stream))  # the paper's recipe: column absent

@@ -373,6 +373,8 @@ class SLDTrainer(Trainer):
     def log_columns(self) -> list[str]:
         names = ["patch", "mixup", "region", "adversarial", "entropy", "consistency", "consistency_weight"]
         names += ["refinement", "discriminator", "loss"]
+        if self.loss_weights.brightness > 0:  # the optional prior (not in the paper) logs only where it is on
+            names.insert(names.index("refinement"), "brightness")
         return [
             "epoch",
             "stage",
