@@ -194,3 +194,20 @@ def test_the_optional_brightness_prior_is_logged_only_where_it_is_on(trained_run
     assert 0 < float(rows[1]["train_brightness"]) < np.e  # exp(c_rest - c_vessel), intensities in [0, 1]
     with (trained_run / LOG_CSV).open(newline="") as stream:
         assert "train_brightness" not in next(csv.reader(stream))  # the paper's recipe: column absent
+
+
+def test_the_cluster_diagnostic_scores_every_cluster_against_the_phantoms(trained_run, capsys):
+    import importlib.util
+
+    path = REPO / "benchmarks" / "sld_cluster_ap.py"
+    spec = importlib.util.spec_from_file_location("sld_cluster_ap", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(trained_run), "--seeds", "5001"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5001 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    share, intensity_ap, cluster_aps = float(cells[1]), float(cells[2]), cells[3].split()
+    assert 0 < share < 0.2 and intensity_ap > 0.5  # TOF-MRA phantom vessels are bright: intensity ranks them
+    assert len(cluster_aps) == TINY_NETWORK["clusters"] and all(0 <= float(a) <= 1 for a in cluster_aps)
+    for shares in (cells[4].split(), cells[5].split()):  # each a partition: the shares add up to one
+        assert abs(sum(map(float, shares)) - 1) < 0.03
