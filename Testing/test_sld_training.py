@@ -211,3 +211,23 @@ def test_the_cluster_diagnostic_scores_every_cluster_against_the_phantoms(traine
     assert len(cluster_aps) == TINY_NETWORK["clusters"] and all(0 <= float(a) <= 1 for a in cluster_aps)
     for shares in (cells[4].split(), cells[5].split()):  # each a partition: the shares add up to one
         assert abs(sum(map(float, shares)) - 1) < 0.03
+
+
+def test_a_resumed_run_trains_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    # Stopped after stage 1's epoch and the first of stage 2, then resumed: the orientation draws, crops,
+    # references, teacher, discriminator and ramps must all continue where they were.
+    from safetensors.numpy import load_file
+
+    from trainer.loop import LAST_WEIGHTS
+
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for folder in (straight, interrupted):
+        folder.mkdir()
+    clear_case_cache()
+    run_training(parse_config(_document(straight, stages=(1, 2, 1))), command=["test"])
+    config = parse_config(_document(interrupted, stages=(1, 2, 1)))
+    run_training(config.with_overrides(epochs=2), command=["test"])
+    run_training(config, resume=True, command=["test"])
+    first, again = load_file(straight / "run" / LAST_WEIGHTS), load_file(interrupted / "run" / LAST_WEIGHTS)
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name], err_msg=name)
