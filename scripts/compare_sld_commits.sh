@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Do two commits train 3D-SLD identically?  Trains a short three-stage run of trainer/configs/sld_2pm.toml
-# (1 + 1 + 1 epochs of 4 iterations, one thread unless THREADS_A / THREADS_B say otherwise, the same seed) at each commit and compares the per-epoch
-# losses of their training_log.csv, the seconds column excepted. Identical losses mean the code between
-# the commits does not change a 3D-SLD training; the README's 3D-SLD section uses it for 5d27501 (the
-# table's 2026-12-02 run) against the session-10 code.
+# (1 + 1 + 1 epochs of 4 iterations, the same seed, one torch thread unless THREADS_A / THREADS_B say
+# otherwise) at each commit and compares the per-epoch losses of their training_log.csv, the seconds
+# column excepted. Identical losses mean the code between the commits does not change a 3D-SLD training.
+# The README's 3D-SLD section compares 5d27501 (the table's 2026-12-02 run) with a486ede (the last commit
+# before f0a58ce, which seeds ori-CNN's orientation draws per epoch and so changes every training).
 #
-#   scripts/compare_sld_commits.sh 5d27501 HEAD        # needs the VesselNN images (VESSELSEG_VESSELNN)
-#   THREADS_B=2 scripts/compare_sld_commits.sh HEAD HEAD   # the same code on one and on two torch threads
+#   scripts/compare_sld_commits.sh 5d27501 a486ede      # needs the VesselNN images (VESSELSEG_VESSELNN)
+#   THREADS_B=2 scripts/compare_sld_commits.sh a486ede a486ede   # the same code on one and on two threads
 #
 # Runs in a scratch folder (git worktrees there, removed at the end); the repository is not touched.
 set -euo pipefail
