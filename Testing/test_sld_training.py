@@ -164,9 +164,9 @@ def test_export_and_segment_a_phantom(trained_run, tmp_path):
 
 
 def test_the_same_seed_and_thread_count_train_the_same_weights(trained_run, tmp_path):
-    # The README's account of why one fold's 3D-SLD result did not come back on retraining rests on this:
-    # a training is a function of its configuration, seed and thread count (the difference was the thread
-    # count, which changes the order of floating-point sums), so a rerun of a finished one is bit-identical.
+    # The README's search for why one fold's 3D-SLD result did not come back on retraining rests on this:
+    # a training is a function of its configuration, seed and thread count (the thread count changes the
+    # order of floating-point sums), so a rerun of a finished one with the same three is bit-identical.
     from safetensors.numpy import load_file
 
     from trainer.loop import LAST_WEIGHTS
