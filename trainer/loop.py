@@ -23,7 +23,8 @@ checkpoint (``training.threshold_selection = "validation"``, :meth:`Trainer.choo
 ``run.json``; ``python -m trainer export`` puts it in the registry entry and the model card.
 
 ``--resume`` reloads the ``last_*`` files and continues with the next epoch exactly as an uninterrupted run
-would: patches are drawn from a generator seeded by (seed, rank, epoch), not from a running stream.
+would: patches are drawn from a generator seeded by (seed, rank, epoch), not from a running stream, and
+torch's generator (dropout, 3D-SLD's orientation draws) is seeded by (seed, epoch) before each epoch.
 """
 
 from __future__ import annotations
@@ -464,6 +465,9 @@ class Trainer:
             for epoch in range(self.start_epoch, training.epochs + 1):
                 epoch_started = time.monotonic()
                 lr = self.optimizer.param_groups[0]["lr"]
+                # torch's generator (dropout, ori-CNN's orientation draws) is seeded per epoch like the
+                # patch draws: seeded once at setup, it would restart from there when a run resumes.
+                torch.manual_seed(int(np.random.SeedSequence([training.seed, epoch]).generate_state(1)[0]))
                 train_loss = self.train_epoch(epoch)
                 metrics: dict[str, float] = {}
                 if self.context.is_main:

@@ -181,11 +181,6 @@ class SLDTrainer(Trainer):
         if stage == 3 and self.best_network_state is None:  # no stage 2 (or no validation) chose f'
             self.best_network_state = self._network_state()
         rng = np.random.default_rng([self.config.training.seed, epoch])
-        # ori-CNN draws its orientations from torch's generator: seed it per epoch as the numpy draws are, so
-        # a resumed run continues exactly as an uninterrupted one (seeded once at setup, it restarted there).
-        torch.manual_seed(
-            int(np.random.SeedSequence([self.config.training.seed, epoch]).generate_state(1)[0])
-        )
         total = 0.0
         show = sys.stderr.isatty()
         for _ in tqdm(range(steps), desc=f"epoch {epoch} (stage {stage})", disable=not show, leave=False):
