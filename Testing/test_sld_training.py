@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from trainer.config import parse_config
 from trainer.datasets import clear_case_cache
 from trainer.export import export_run
-from trainer.loop import LOG_CSV, RUN_RECORD, run_training
+from trainer.loop import LAST_WEIGHTS, LOG_CSV, RUN_RECORD, run_training
 from trainer.sld.trainer import SLDTrainer
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.models.registry import ModelRegistry
@@ -167,10 +168,6 @@ def test_the_same_seed_and_thread_count_train_the_same_weights(trained_run, tmp_
     # The README's search for why one fold's 3D-SLD result did not come back on retraining rests on this:
     # a training is a function of its configuration, seed and thread count (the thread count changes the
     # order of floating-point sums), so a rerun of a finished one with the same three is bit-identical.
-    from safetensors.numpy import load_file
-
-    from trainer.loop import LAST_WEIGHTS
-
     clear_case_cache()
     summary = run_training(parse_config(_document(tmp_path)), command=["test"])
     assert summary.epochs_completed == 3
@@ -216,10 +213,6 @@ def test_the_cluster_diagnostic_scores_every_cluster_against_the_phantoms(traine
 def test_a_resumed_run_trains_the_same_weights_as_an_uninterrupted_one(tmp_path):
     # Stopped after stage 1's epoch and the first of stage 2, then resumed: the orientation draws, crops,
     # references, teacher, discriminator and ramps must all continue where they were.
-    from safetensors.numpy import load_file
-
-    from trainer.loop import LAST_WEIGHTS
-
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for folder in (straight, interrupted):
         folder.mkdir()
