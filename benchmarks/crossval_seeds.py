@@ -106,7 +106,7 @@ def summarise(arms: list[tuple[str, list[tuple[Path, str]]]]) -> str:
         "| --- | --- | --- | " + " | ".join("---" for _ in titles) + " | --- |",
     ]
     for label, trainings in arms:
-        per_seed = summaries[label]["per_seed"]
+        per_seed = summaries[label]["per_seed"]  # its "phantoms" counts rows: here the held-out stacks
         for index, (run_dir, method) in enumerate(trainings):
             cells = [f"{per_seed[index][k]:.3f}" for k in SCORE_KEYS]
             lines.append(
