@@ -763,7 +763,12 @@ def run_training(
             trainer_class = SLDTrainer
     context = init_distributed(config.training.device)
     try:
-        return trainer_class(config, resume=resume, command=command, context=context).fit()
+        summary = trainer_class(config, resume=resume, command=command, context=context).fit()
+        # Every rank finishes before any tears the group down: a gloo rank whose peer destroys the group
+        # while it is still writing its outputs can abort at exit ("terminate called without an active
+        # exception", seen once in CI). Only on success: after an error the peer may never reach a barrier.
+        barrier(context)
+        return summary
     finally:
         cleanup(context)
 
