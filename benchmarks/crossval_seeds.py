@@ -88,9 +88,7 @@ def arm_rows(label: str, trainings: list[tuple[Path, str]]) -> list[dict]:
             )
         stacks = these
         for row in scored:
-            rows.append(
-                {**row, "method": label, "kind": "trained", "seed": index, "training": f"{run_dir}:{method}"}
-            )
+            rows.append({**row, "method": label, "kind": "trained", "seed": index})
     return rows
 
 
