@@ -87,6 +87,14 @@ def test_bad_sld_tables_are_refused_with_the_fix(tmp_path):
     document["training"]["sld"]["loss_weights"] = {"entropy": -1.0}
     with pytest.raises(ValueError, match="loss_weights.entropy must be in"):
         parse_config(document)
+    document = _document(tmp_path)
+    document["training"]["sld"]["bright_crop_fraction"] = 1.5
+    with pytest.raises(ValueError, match=r"bright_crop_fraction must be in \[0, 1\]"):
+        parse_config(document)
+    document = _document(tmp_path)
+    document["training"]["sld"]["bright_crop_quantile"] = 1
+    with pytest.raises(ValueError, match=r"bright_crop_quantile must be in \(0, 1\)"):
+        parse_config(document)
 
 
 def test_loss_weight_overrides_change_only_the_named_weights(tmp_path):
@@ -191,6 +199,23 @@ def test_the_optional_brightness_prior_is_logged_only_where_it_is_on(trained_run
     assert 0 < float(rows[1]["train_brightness"]) < np.e  # exp(c_rest - c_vessel), intensities in [0, 1]
     with (trained_run / LOG_CSV).open(newline="") as stream:
         assert "train_brightness" not in next(csv.reader(stream))  # the paper's recipe: column absent
+
+
+def test_bright_crops_are_trained_on_and_recorded_for_the_card(trained_run, tmp_path):
+    document = _document(tmp_path, stages=(1, 1, 0))
+    document["training"]["sld"].update(bright_crop_fraction=1.0, bright_crop_quantile=0.99)
+    clear_case_cache()
+    summary = run_training(parse_config(document), command=["test"])
+    assert summary.epochs_completed == 2
+    record = json.loads((tmp_path / "run" / RUN_RECORD).read_text())
+    assert record["sld"]["training_crops"] == {"bright_fraction": 1.0, "bright_quantile": 0.99}
+    paper = json.loads((trained_run / RUN_RECORD).read_text())
+    assert paper["sld"]["training_crops"]["bright_fraction"] == 0.0
+    # The references are matched to the crops the network sees: bright crops give another density.
+    assert (
+        record["sld"]["crop_overlap"]["target_foreground"]
+        != paper["sld"]["crop_overlap"]["target_foreground"]
+    )
 
 
 def test_the_cluster_diagnostic_scores_every_cluster_against_the_phantoms(trained_run, capsys):

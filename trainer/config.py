@@ -247,6 +247,11 @@ class SLDSpec:
     loss_weights : table of name = float >= 0
         Overrides of the paper's weights (``trainer.sld.losses.SLDLossWeights``: patch, mixup, region,
         adversarial, entropy, refinement, ...), e.g. ``{ entropy = 1.0 }``; empty: the paper's (eq. 16).
+    bright_crop_fraction : float in [0, 1]
+        Share of training crops taken around a voxel at or above the volume's ``bright_crop_quantile``
+        intensity (``trainer.sld.sampling.CropSampler``; ours, label-free); 0: uniform crops (the paper).
+    bright_crop_quantile : float in (0, 1)
+        Intensity quantile of the bright voxels (0.995: the brightest 0.5 %).
     """
 
     stage_epochs: tuple[int, int, int] = (10, 30, 10)
@@ -260,6 +265,8 @@ class SLDSpec:
     pseudo_label_views: int = 8
     confidence: float = 0.9
     loss_weights: dict[str, float] = field(default_factory=dict)
+    bright_crop_fraction: float = 0.0
+    bright_crop_quantile: float = 0.995
 
     def weights(self):
         """The paper's ``SLDLossWeights`` with this run's overrides."""
@@ -344,6 +351,20 @@ def _sld(value: Any) -> SLDSpec | None:
             value.get("confidence", defaults.confidence), f"{where}.confidence", 0.5, 1, open_low=True
         ),
         loss_weights=_sld_loss_weights(value.get("loss_weights", {}), f"{where}.loss_weights"),
+        bright_crop_fraction=_number(
+            value.get("bright_crop_fraction", defaults.bright_crop_fraction),
+            f"{where}.bright_crop_fraction",
+            0,
+            1,
+        ),
+        bright_crop_quantile=_number(
+            value.get("bright_crop_quantile", defaults.bright_crop_quantile),
+            f"{where}.bright_crop_quantile",
+            0,
+            1,
+            open_low=True,
+            open_high=True,
+        ),
     )
 
 
@@ -460,12 +481,14 @@ def _integer(value: Any, key: str, minimum: int | None = None) -> int:
     return int(value)
 
 
-def _number(value: Any, key: str, low: float, high: float, *, open_low: bool = False) -> float:
+def _number(
+    value: Any, key: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{key} must be a number, got {value!r}.")
-    if value > high or value < low or (open_low and value == low):
-        bracket = "(" if open_low else "["
-        raise ValueError(f"{key} must be in {bracket}{low}, {high}], got {value}.")
+    if value > high or value < low or (open_low and value == low) or (open_high and value == high):
+        low_bracket, high_bracket = "(" if open_low else "[", ")" if open_high else "]"
+        raise ValueError(f"{key} must be in {low_bracket}{low}, {high}{high_bracket}, got {value}.")
     return float(value)
 
 

@@ -98,7 +98,7 @@ def unsupervised_step(
     return {"loss": float(total.detach()), **{name: float(value) for name, value in terms.items()}}
 
 
-def _padded_to(image: np.ndarray, size_zyx: Sequence[int]) -> np.ndarray:
+def padded_to(image: np.ndarray, size_zyx: Sequence[int]) -> np.ndarray:
     """``image`` mirror-padded (repeatedly, for stacks much thinner than the patch) to at least ``size_zyx``."""
     while any(s < p for s, p in zip(image.shape, size_zyx, strict=True)):
         pad = [(0, min(p - s, s)) if s < p else (0, 0) for s, p in zip(image.shape, size_zyx, strict=True)]
@@ -110,7 +110,7 @@ def random_crops(
     image: np.ndarray, size_zyx: Sequence[int], count: int, rng: np.random.Generator
 ) -> np.ndarray:
     """``count`` random crops ``(count, 1, *size_zyx)`` float32 of a (Z, Y, X) volume, with in-plane flips."""
-    volume = _padded_to(np.asarray(image, dtype=np.float32), size_zyx)
+    volume = padded_to(np.asarray(image, dtype=np.float32), size_zyx)
     crops = []
     for _ in range(count):
         start = [int(rng.integers(0, s - p + 1)) for s, p in zip(volume.shape, size_zyx, strict=True)]
@@ -240,6 +240,7 @@ __all__ = [
     "AdaptationSettings",
     "adapt_network",
     "logged_term_names",
+    "padded_to",
     "random_crops",
     "segmentation_maps",
     "unsupervised_step",

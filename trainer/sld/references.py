@@ -219,8 +219,6 @@ def foreground_fraction_of_intensity_mips(
         Number of random crops.
     rng : np.random.Generator
     """
-    from skimage.filters import threshold_otsu
-
     if len(volumes) == 0:
         raise ValueError("volumes is empty; give at least one unlabelled (Z, Y, X) training volume")
     for index, volume in enumerate(volumes):
@@ -231,12 +229,28 @@ def foreground_fraction_of_intensity_mips(
         raise ValueError(f"crop_shape_zyx must be three integers >= 1 (Z, Y, X); got {crop_shape_zyx!r}")
     if int(count) < 1:
         raise ValueError(f"count must be an integer >= 1; got {count!r}")
-    fractions = []
+    blocks = []
     for _ in range(int(count)):
         volume = np.asarray(volumes[int(rng.integers(len(volumes)))], dtype=np.float32)
         shape = tuple(min(c, s) for c, s in zip(crop, volume.shape, strict=True))
         starts = [int(rng.integers(s - c + 1)) for c, s in zip(shape, volume.shape, strict=True)]
-        block = volume[tuple(slice(a, a + c) for a, c in zip(starts, shape, strict=True))]
+        blocks.append(volume[tuple(slice(a, a + c) for a, c in zip(starts, shape, strict=True))])
+    return foreground_fraction_of_mips(blocks)
+
+
+def foreground_fraction_of_mips(crops: Sequence[np.ndarray]) -> float:
+    """Mean foreground fraction of the Otsu-thresholded MIPs along Z, Y and X of given (Z, Y, X) crops.
+
+    The measure of :func:`foreground_fraction_of_intensity_mips`, for crops drawn by the caller (the trainer
+    draws them as it draws its training crops). A constant projection counts as no foreground.
+    """
+    from skimage.filters import threshold_otsu
+
+    fractions = []
+    for block in crops:
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 3:
+            raise ValueError(f"each crop must be 3D (Z, Y, X); got shape {block.shape}")
         for axis in range(3):
             mip = block.max(axis=axis)
             if not np.isfinite(mip).all():
@@ -245,6 +259,8 @@ def foreground_fraction_of_intensity_mips(
                 fractions.append(0.0)
                 continue
             fractions.append(float((mip > threshold_otsu(mip)).mean()))
+    if not fractions:
+        raise ValueError("crops is empty; give at least one (Z, Y, X) crop")
     return float(np.mean(fractions))
 
 

@@ -59,9 +59,11 @@ from trainer.sld.guidance import BUNDLED_MASKS, mask_files, read_mask
 from trainer.sld.references import (
     choose_crop_settings,
     foreground_fraction_of_intensity_mips,
+    foreground_fraction_of_mips,
     reference_batch,
     target_vessel_width_voxels,
 )
+from trainer.sld.sampling import CropSampler
 from VesselSegLib.models.sld import apply_orientation, decision_map, invert_orientation, orientation_group
 from VesselSegLib.unsupervised.adaptation import random_crops
 
@@ -133,6 +135,13 @@ class SLDTrainer(Trainer):
         patch = self.config.training.patch_size_zyx
         self.mip_size = (max(patch[1], patch[2]), max(patch[1], patch[2]))
         self.group = orientation_group("in-plane", square=patch[1] == patch[2])
+        self.crop_sampler = CropSampler(
+            [case.image for case in self.sampler.cases],
+            self.sampler.case_probabilities,
+            patch,
+            bright_fraction=self.sld.bright_crop_fraction,
+            bright_quantile=self.sld.bright_crop_quantile,
+        )
         self.reference_files = mask_files(self._references_folder())
         self.reference_masks = [read_mask(path) for path in self.reference_files]
         self.crop_choice = self._choose_crop_settings()
@@ -194,14 +203,8 @@ class SLDTrainer(Trainer):
 
     def draw_batch(self, rng: np.random.Generator) -> IterationBatch:
         """Crops, views and mixups of ``batch_size`` items (see :class:`IterationBatch`)."""
-        patch = self.config.training.patch_size_zyx
-        cases = self.sampler.cases
-        probabilities = self.sampler.case_probabilities
         items = self.config.training.batch_size
-        crops = []
-        for _ in range(2 * items):
-            case = cases[int(rng.choice(len(cases), p=probabilities))]
-            crops.append(random_crops(case.image, patch, 1, rng)[0, 0])
+        crops = [self.crop_sampler.draw(rng) for _ in range(2 * items)]
         first_views = [photometric_view(c, rng) for c in crops]
         turns = [self.group[int(rng.integers(len(self.group)))] for _ in crops]
         second_views = []
@@ -420,9 +423,14 @@ class SLDTrainer(Trainer):
         spacing = np.median([c.spacing_zyx for c in cases], axis=0)
         # The MIP fed to the discriminator is resized to mip_size: widths scale with it.
         width = target_vessel_width_voxels(modality, spacing[1:]) * self.mip_size[0] / max(patch[1], patch[2])
-        density = foreground_fraction_of_intensity_mips(
-            [c.image for c in cases], patch, DENSITY_PROBE_CROPS, rng
-        )
+        if self.sld.bright_crop_fraction > 0:  # the density of the crops the network will see
+            density = foreground_fraction_of_mips(
+                [self.crop_sampler.draw(rng) for _ in range(DENSITY_PROBE_CROPS)]
+            )
+        else:
+            density = foreground_fraction_of_intensity_mips(
+                [c.image for c in cases], patch, DENSITY_PROBE_CROPS, rng
+            )
         choice = choose_crop_settings(self.reference_masks, self.mip_size, width, density, rng)
         settings = choice.settings
         if self.sld.crop_scale != "auto":
@@ -458,6 +466,10 @@ class SLDTrainer(Trainer):
                     "max_patches": choice.settings.max_patches,
                     "size": list(choice.settings.size),
                     **{k: v for k, v in dataclasses.asdict(choice).items() if k != "settings"},
+                },
+                "training_crops": {
+                    "bright_fraction": self.sld.bright_crop_fraction,
+                    "bright_quantile": self.sld.bright_crop_quantile,
                 },
                 "stage_epochs": list(self.sld.stage_epochs),
                 "iterations_per_epoch": self.steps_per_epoch,
