@@ -33,7 +33,7 @@ def _load_script():
     return module
 
 
-def _write_scores(run_dir: Path, rows: list[tuple[str, str, float]]) -> None:
+def _write_scores(run_dir: Path, rows: list[tuple[str, str, float]], fold: int = 0) -> None:
     """``rows`` of (method, stack, dice); the other scores derive from Dice so each column is checkable."""
     run_dir.mkdir(parents=True)
     with (run_dir / "scores.csv").open("w", newline="") as handle:
@@ -43,7 +43,7 @@ def _write_scores(run_dir: Path, rows: list[tuple[str, str, float]]) -> None:
             writer.writerow(
                 {
                     "method": method,
-                    "fold": 0,
+                    "fold": fold,
                     "stack": stack,
                     "dice": dice,
                     "cldice": dice / 2,
@@ -109,3 +109,21 @@ def test_an_arm_whose_trainings_saw_other_stacks_is_refused(tmp_path):
         script.main(["--arm", f"full={tmp_path / 'a'}:missing"])
     with pytest.raises(SystemExit, match="write RUN_DIR:METHOD"):
         script.main(["--arm", "full=no-colon"])
+
+
+def test_a_training_whose_folds_sit_in_several_run_directories_is_one_member(tmp_path, capsys):
+    script = _load_script()
+    for seed, (first, second) in enumerate([(0.2, 0.6), (0.4, 0.8)]):
+        _write_scores(tmp_path / f"fold0-seed{seed}", [("m", "s1", first)], fold=0)
+        _write_scores(tmp_path / f"fold1-seed{seed}", [("m", "s2", second)], fold=1)
+    member = "{0}/fold0-seed{1}:m+{0}/fold1-seed{1}:m"
+    arm = "whole=" + ",".join(member.format(tmp_path, seed) for seed in (0, 1))
+    assert script.main(["--arm", arm]) == 0
+    table = capsys.readouterr().out
+    # Seeds' means over both folds' stacks: 0.4 and 0.6; mean 0.5, sd 0.141; two stacks per training.
+    assert f"| whole | 2 | 0.500 +- {np.std([0.4, 0.6], ddof=1):.3f} |" in table
+    assert f"| whole | {tmp_path}/fold0-seed0:m + {tmp_path}/fold1-seed0:m | 2 | 0.400 |" in table
+    # Two trainings of one fold joined by mistake score a stack twice: refused.
+    twice = f"bad={tmp_path}/fold0-seed0:m+{tmp_path}/fold0-seed1:m"
+    with pytest.raises(SystemExit, match="scores a stack twice"):
+        script.main(["--arm", twice])

@@ -15,6 +15,13 @@ rule of the phantom benchmarks' tables, ``seed_tables.py``). Only the rows at ea
 are read (``crossval.py`` also writes ``METHOD@0.5`` rows at a fixed threshold). A training must have been
 scored on the same stacks as every other in its arm, or the arm is refused: a mean over other stacks is
 not the same seed of the same experiment.
+
+A training whose folds were run in separate run directories (``--fold K`` runs side by side) is one member
+written ``RUN_DIR:METHOD+RUN_DIR:METHOD+...``: its mean is over the held-out stacks of all its parts, so
+an arm of whole cross-validations gives the spread of the cross-validated figure over seeds:
+
+    python benchmarks/crossval_seeds.py --arm \
+        "3d-sld=runs/cv-SLD/d:3d-sld-seed1+runs/cv-SLD/i:3d-sld-seed1+runs/cv-SLD/k:3d-sld-seed1+runs/cv-SLD/j:3d-sld-seed1,..."
 """
 
 from __future__ import annotations
@@ -39,20 +46,31 @@ HEADERS = {
 DELTA_KEYS = ("dice", "cldice")
 
 
-def parse_arm(text: str) -> tuple[str, list[tuple[Path, str]]]:
-    """``LABEL=RUN_DIR:METHOD,...`` -> ``(label, [(run_dir, method), ...])``."""
+#: One training (seed) of an arm: the (run directory, method) pairs whose rows it is made of.
+Training = tuple[tuple[Path, str], ...]
+
+
+def parse_arm(text: str) -> tuple[str, list[Training]]:
+    """``LABEL=RUN_DIR:METHOD[+RUN_DIR:METHOD...],...`` -> ``(label, [((run_dir, method), ...), ...])``."""
     label, separator, members = text.partition("=")
     trainings = []
     for member in members.split(",") if separator else []:
-        run_dir, colon, method = member.strip().rpartition(":")
-        if not colon or not run_dir or not method:
-            raise SystemExit(
-                f"bad --arm member {member!r} in {text!r}: write RUN_DIR:METHOD, e.g. runs/cv-SLD/a:3d-sld"
-            )
-        trainings.append((Path(run_dir), method))
+        parts = []
+        for part in member.split("+"):
+            run_dir, colon, method = part.strip().rpartition(":")
+            if not colon or not run_dir or not method:
+                raise SystemExit(
+                    f"bad --arm member {member!r} in {text!r}: write RUN_DIR:METHOD, e.g. runs/cv-SLD/a:3d-sld"
+                )
+            parts.append((Path(run_dir), method))
+        trainings.append(tuple(parts))
     if not label.strip() or not trainings:
         raise SystemExit(f"bad --arm {text!r}: write LABEL=RUN_DIR:METHOD[,RUN_DIR:METHOD...]")
     return label.strip(), trainings
+
+
+def training_name(training: Training) -> str:
+    return " + ".join(f"{run_dir}:{method}" for run_dir, method in training)
 
 
 def training_rows(run_dir: Path, method: str) -> list[dict]:
@@ -75,16 +93,21 @@ def training_rows(run_dir: Path, method: str) -> list[dict]:
     return rows
 
 
-def arm_rows(label: str, trainings: list[tuple[Path, str]]) -> list[dict]:
+def arm_rows(label: str, trainings: list[Training]) -> list[dict]:
     """Rows in ``seed_tables.aggregate_over_seeds``'s form: method = the arm, seed = the training's index."""
     rows, stacks = [], None
-    for index, (run_dir, method) in enumerate(trainings):
-        scored = training_rows(run_dir, method)
+    for index, training in enumerate(trainings):
+        scored = [row for run_dir, method in training for row in training_rows(run_dir, method)]
         these = sorted((row["fold"], row["stack"]) for row in scored)
+        if len(set(these)) != len(these):
+            raise SystemExit(
+                f"arm {label!r}: {training_name(training)} scores a stack twice; join the run directories "
+                "of different folds with +, not two trainings of one fold"
+            )
         if stacks is not None and these != stacks:
             raise SystemExit(
-                f"arm {label!r}: {run_dir}:{method} was scored on {these}, the arm's first training on {stacks}; "
-                "an arm's trainings must share their held-out stacks"
+                f"arm {label!r}: {training_name(training)} was scored on {these}, the arm's first training on "
+                f"{stacks}; an arm's trainings must share their held-out stacks"
             )
         stacks = these
         for row in scored:
@@ -92,7 +115,7 @@ def arm_rows(label: str, trainings: list[tuple[Path, str]]) -> list[dict]:
     return rows
 
 
-def summarise(arms: list[tuple[str, list[tuple[Path, str]]]]) -> str:
+def summarise(arms: list[tuple[str, list[Training]]]) -> str:
     """The two Markdown tables (per training, per arm) as one string."""
     rows = [row for label, trainings in arms for row in arm_rows(label, trainings)]
     summaries = aggregate_over_seeds(rows, SCORE_KEYS, untrained_kinds=(), keep_infinite=False)
@@ -105,10 +128,10 @@ def summarise(arms: list[tuple[str, list[tuple[Path, str]]]]) -> str:
     ]
     for label, trainings in arms:
         per_seed = summaries[label]["per_seed"]  # its "phantoms" counts rows: here the held-out stacks
-        for index, (run_dir, method) in enumerate(trainings):
+        for index, training in enumerate(trainings):
             cells = [f"{per_seed[index][k]:.3f}" for k in SCORE_KEYS]
             lines.append(
-                f"| {label} | {run_dir}:{method} | {per_seed[index]['phantoms']} | "
+                f"| {label} | {training_name(training)} | {per_seed[index]['phantoms']} | "
                 + " | ".join(cells)
                 + f" | {per_seed[index]['train_s']:.0f} |"
             )
@@ -140,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "--arm",
         action="append",
         required=True,
-        help="LABEL=RUN_DIR:METHOD[,RUN_DIR:METHOD...], one training (seed) per member; the first arm is the reference",
+        help="LABEL=RUN_DIR:METHOD[,RUN_DIR:METHOD...], one training (seed) per member, a member's folds "
+        "from several run directories joined by + (RUN_DIR:METHOD+RUN_DIR:METHOD); the first arm is the reference",
     )
     args = parser.parse_args(argv)
     arms = [parse_arm(text) for text in args.arm]
