@@ -127,3 +127,23 @@ def test_a_training_whose_folds_sit_in_several_run_directories_is_one_member(tmp
     twice = f"bad={tmp_path}/fold0-seed0:m+{tmp_path}/fold0-seed1:m"
     with pytest.raises(SystemExit, match="scores a stack twice"):
         script.main(["--arm", twice])
+
+
+def test_a_model_cards_cross_validation_is_a_member_and_a_repeated_member_is_refused(tmp_path, capsys):
+    import json
+
+    script = _load_script()
+    card = tmp_path / "model.card.json"
+    per_stack = {
+        "s1": {"fold": 0, "dice": 0.2, "cldice": 0.1, "precision": 0.5, "sensitivity": 0.2, "ap": 0.2}
+    }
+    card.write_text(json.dumps({"cross_validation": {"scores": {"m": {"per_stack": per_stack}}}}))
+    _write_scores(tmp_path / "run", [("m-seed1", "s1", 0.6)])
+    assert script.main(["--arm", f"m={card}:m,{tmp_path / 'run'}:m-seed1"]) == 0
+    table = capsys.readouterr().out
+    assert f"| m | {card}:m | 1 | 0.200 | 0.100 | 0.500 | 0.200 | 0.200 | - |" in table
+    assert f"| m | 2 | 0.400 +- {np.std([0.2, 0.6], ddof=1):.3f} |" in table
+    with pytest.raises(SystemExit, match="no cross-validation scores of method 'other'"):
+        script.main(["--arm", f"m={card}:other"])
+    with pytest.raises(SystemExit, match="lists one training twice"):
+        script.main(["--arm", f"m={card}:m,{card}:m"])

@@ -16,6 +16,9 @@ are read (``crossval.py`` also writes ``METHOD@0.5`` rows at a fixed threshold).
 scored on the same stacks as every other in its arm, or the arm is refused: a mean over other stacks is
 not the same seed of the same experiment.
 
+A member may also be a model card that ``crossval.py --update-card`` filled (``CARD.json:METHOD``): its
+per-stack scores are read from the card's ``cross_validation`` (it records no training time).
+
 A training whose folds were run in separate run directories (``--fold K`` runs side by side) is one member
 written ``RUN_DIR:METHOD+RUN_DIR:METHOD+...``: its mean is over the held-out stacks of all its parts, so
 an arm of whole cross-validations gives the spread of the cross-validated figure over seeds:
@@ -74,7 +77,10 @@ def training_name(training: Training) -> str:
 
 
 def training_rows(run_dir: Path, method: str) -> list[dict]:
-    """The per-stack rows of one training (``method`` in ``run_dir/scores.csv``), scores as floats."""
+    """The per-stack rows of one training (``method`` in ``run_dir/scores.csv``, or in a model card's
+    ``cross_validation`` when ``run_dir`` is a ``.json`` card), scores as floats."""
+    if run_dir.suffix == ".json":
+        return card_rows(run_dir, method)
     path = run_dir / "scores.csv"
     if not path.is_file():
         raise SystemExit(
@@ -93,9 +99,36 @@ def training_rows(run_dir: Path, method: str) -> list[dict]:
     return rows
 
 
+def card_rows(card_path: Path, method: str) -> list[dict]:
+    """The per-stack rows that ``crossval.py --update-card`` wrote into a model card (no training time)."""
+    import json
+
+    if not card_path.is_file():
+        raise SystemExit(
+            f"{card_path} does not exist: give a model card written by crossval.py --update-card"
+        )
+    scores = json.loads(card_path.read_text()).get("cross_validation", {}).get("scores", {})
+    if method not in scores:
+        raise SystemExit(
+            f"{card_path} has no cross-validation scores of method {method!r} (it has: {', '.join(scores) or 'none'})"
+        )
+    return [
+        {
+            "method": method,
+            "fold": str(values["fold"]),
+            "stack": stack,
+            **{key: float(values.get(key, math.nan)) for key in SCORE_KEYS},
+            "train_s": math.nan,
+        }
+        for stack, values in scores[method]["per_stack"].items()
+    ]
+
+
 def arm_rows(label: str, trainings: list[Training]) -> list[dict]:
     """Rows in ``seed_tables.aggregate_over_seeds``'s form: method = the arm, seed = the training's index."""
     rows, stacks = [], None
+    if len(set(trainings)) != len(trainings):
+        raise SystemExit(f"arm {label!r} lists one training twice: each member must be another seed")
     for index, training in enumerate(trainings):
         scored = [row for run_dir, method in training for row in training_rows(run_dir, method)]
         these = sorted((row["fold"], row["stack"]) for row in scored)
@@ -113,6 +146,11 @@ def arm_rows(label: str, trainings: list[Training]) -> list[dict]:
         for row in scored:
             rows.append({**row, "method": label, "kind": "trained", "seed": index})
     return rows
+
+
+def _seconds(value: float) -> str:
+    """Training seconds, or "-" where a member (a model card) recorded none."""
+    return "-" if math.isnan(value) else f"{value:.0f}"
 
 
 def summarise(arms: list[tuple[str, list[Training]]]) -> str:
@@ -133,7 +171,7 @@ def summarise(arms: list[tuple[str, list[Training]]]) -> str:
             lines.append(
                 f"| {label} | {training_name(training)} | {per_seed[index]['phantoms']} | "
                 + " | ".join(cells)
-                + f" | {per_seed[index]['train_s']:.0f} |"
+                + f" | {_seconds(per_seed[index]['train_s'])} |"
             )
     first = arms[0][0]
     lines += seed_table_header(first, SCORE_KEYS, DELTA_KEYS, HEADERS, ["training s"])
@@ -152,7 +190,7 @@ def summarise(arms: list[tuple[str, list[Training]]]) -> str:
         lines.append(
             f"| {label} | {summary['seeds']} | "
             + " | ".join([*cells, *deltas, verdict])
-            + f" | {summary['mean']['train_s']:.0f} |"
+            + f" | {_seconds(summary['mean']['train_s'])} |"
         )
     return "\n".join(lines) + "\n"
 
