@@ -6,6 +6,9 @@ discriminator compares them with. :class:`CropSampler` can centre a share of the
 voxels instead, the way nnU-Net oversamples foreground, but from intensity alone: no label is read, so
 the method stays label-free. ``bright_fraction = 0`` draws exactly the uniform crops (and random numbers)
 of :func:`~VesselSegLib.unsupervised.adaptation.random_crops`.
+
+Measured (README, "3D-SLD"): on the TOF-MRA phantoms it raises the crops' vessel share from 3 % to 5 %
+(10 % at 16^3) but does not end the collapse there; it stays off in the shipped configurations.
 """
 
 from __future__ import annotations
