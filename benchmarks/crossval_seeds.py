@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -101,8 +102,6 @@ def training_rows(run_dir: Path, method: str) -> list[dict]:
 
 def card_rows(card_path: Path, method: str) -> list[dict]:
     """The per-stack rows that ``crossval.py --update-card`` wrote into a model card (no training time)."""
-    import json
-
     if not card_path.is_file():
         raise SystemExit(
             f"{card_path} does not exist: give a model card written by crossval.py --update-card"
