@@ -19,7 +19,11 @@ import sys
 
 import numpy as np
 
-from trainer.sld.references import foreground_fraction_of_intensity_mips, foreground_fraction_of_mips
+from trainer.sld.references import (
+    foreground_fraction_of_intensity_mips,
+    foreground_fraction_of_mips,
+    uniform_blocks,
+)
 from trainer.sld.sampling import CropSampler
 from VesselSegLib.phantoms import make_phantom_case
 from VesselSegLib.preprocessing import get_preset, normalize_intensity
@@ -30,14 +34,12 @@ from VesselSegLib.unsupervised.adaptation import padded_to
 def label_mip_fraction(labels, crop_zyx, count: int, rng: np.random.Generator) -> float:
     """Mean foreground fraction of the three MIPs of ``count`` random crops of binary label volumes, drawn
     as ``foreground_fraction_of_intensity_mips`` draws its crops."""
-    fractions = []
-    for _ in range(count):
-        volume = labels[int(rng.integers(len(labels)))]
-        shape = tuple(min(c, s) for c, s in zip(crop_zyx, volume.shape, strict=True))
-        starts = [int(rng.integers(s - c + 1)) for c, s in zip(shape, volume.shape, strict=True)]
-        block = volume[tuple(slice(a, a + c) for a, c in zip(starts, shape, strict=True))]
-        fractions += [float(block.max(axis=axis).mean()) for axis in range(3)]
-    return float(np.mean(fractions))
+    return label_mip_density(uniform_blocks(labels, crop_zyx, count, rng))
+
+
+def label_mip_density(blocks) -> float:
+    """Mean foreground fraction of the MIPs along Z, Y and X of binary label crops."""
+    return float(np.mean([block.max(axis=axis).mean() for block in blocks for axis in range(3)]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +124,8 @@ def sampled_crop_densities(images, labels, crop_zyx, count: int, fraction: float
     windows = [sampler.draw_window(rng) for _ in range(count)]
     target = foreground_fraction_of_mips([sampler.cut(sampler.volumes, w) for w in windows])
     label_crops = [sampler.cut(padded, w) for w in windows]
-    truth = float(np.mean([crop.max(axis=axis).mean() for crop in label_crops for axis in range(3)]))
-    return target, truth, float(np.mean([crop.mean() for crop in label_crops]))
+    share = float(np.mean([crop.mean() for crop in label_crops]))
+    return target, label_mip_density(label_crops), share
 
 
 if __name__ == "__main__":

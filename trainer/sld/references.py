@@ -229,13 +229,22 @@ def foreground_fraction_of_intensity_mips(
         raise ValueError(f"crop_shape_zyx must be three integers >= 1 (Z, Y, X); got {crop_shape_zyx!r}")
     if int(count) < 1:
         raise ValueError(f"count must be an integer >= 1; got {count!r}")
+    volumes = [np.asarray(volume, dtype=np.float32) for volume in volumes]
+    return foreground_fraction_of_mips(uniform_blocks(volumes, crop, int(count), rng))
+
+
+def uniform_blocks(
+    volumes: Sequence[np.ndarray], crop_shape_zyx: tuple[int, int, int], count: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """``count`` crops as :func:`foreground_fraction_of_intensity_mips` draws them: a volume drawn uniformly,
+    a crop of ``crop_shape_zyx`` at a uniform position (an axis shorter than the crop is taken whole)."""
     blocks = []
-    for _ in range(int(count)):
-        volume = np.asarray(volumes[int(rng.integers(len(volumes)))], dtype=np.float32)
-        shape = tuple(min(c, s) for c, s in zip(crop, volume.shape, strict=True))
+    for _ in range(count):
+        volume = volumes[int(rng.integers(len(volumes)))]
+        shape = tuple(min(c, s) for c, s in zip(crop_shape_zyx, volume.shape, strict=True))
         starts = [int(rng.integers(s - c + 1)) for c, s in zip(shape, volume.shape, strict=True)]
         blocks.append(volume[tuple(slice(a, a + c) for a, c in zip(starts, shape, strict=True))])
-    return foreground_fraction_of_mips(blocks)
+    return blocks
 
 
 def foreground_fraction_of_mips(crops: Sequence[np.ndarray]) -> float:
