@@ -58,3 +58,17 @@ def test_quick_benchmark_scores_every_method_and_a_rerun_trains_nothing(tmp_path
     assert [r["ap"] for r in shifted] != [r["ap"] for r in rows]
     assert "rendering shifted: noisy" in (tmp_path / "summary-noisy.md").read_text()
     assert (tmp_path / "scores.csv").read_text() == before
+
+
+def test_with_brain_masks_every_method_gets_the_mask_and_the_truth_is_the_brain_vessels():
+    from VesselSegLib.phantoms import make_phantom_case
+
+    benchmark = _load_benchmark()
+    shape, spacing = benchmark.QUICK_SHAPE_ZYX, (0.8, 0.5, 0.5)
+    (whole,) = benchmark.make_test_phantoms([5001], shape, spacing)
+    (masked,) = benchmark.make_test_phantoms([5001], shape, spacing, brain_mask=True)
+    case = make_phantom_case("TOF-MRA", shape, spacing_zyx=spacing, seed=5001)
+    assert whole.brain_mask is None
+    assert (masked.brain_mask == case.brain_mask).all()
+    assert (masked.reference == (whole.reference & case.brain_mask)).all()
+    assert masked.reference.sum() < whole.reference.sum()  # the trees reach beyond the brain

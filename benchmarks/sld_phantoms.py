@@ -162,22 +162,33 @@ QUICK_SLD_NETWORK = {"widths": [4, 8, 8], "embedding_channels": 8, "clusters": 4
 
 @dataclass(frozen=True)
 class TestPhantom:
-    """One held-out phantom: its raw image and the any-vessel truth, both (Z, Y, X), and its voxel size (mm)."""
+    """One held-out phantom: its raw image and the any-vessel truth, both (Z, Y, X), its voxel size (mm), and
+    the brain mask every method is given (None: none given)."""
 
     seed: int
     image: np.ndarray
     reference: np.ndarray
     spacing_zyx: tuple[float, float, float]
+    brain_mask: np.ndarray | None = None
 
 
-def make_test_phantoms(seeds, shape_zyx, spacing_zyx, rendering: str = AS_RENDERED) -> list[TestPhantom]:
-    """The held-out phantoms, as rendered or with one of ``rendering_shifts.SHIFTS`` (another protocol)."""
+def make_test_phantoms(
+    seeds, shape_zyx, spacing_zyx, rendering: str = AS_RENDERED, brain_mask: bool = False
+) -> list[TestPhantom]:
+    """The held-out phantoms, as rendered or with one of ``rendering_shifts.SHIFTS`` (another protocol).
+
+    With ``brain_mask`` every method gets the phantom's brain mask (as a user with a skull stripper would
+    give it) and is scored inside it: the truth is the vessels inside the brain (the phantoms' trees reach
+    a little beyond it).
+    """
     phantoms = []
     for seed in seeds:
         case = make_phantom_case(MODALITY, tuple(shape_zyx), spacing_zyx=tuple(spacing_zyx), seed=seed)
         spacing = tuple(float(s) for s in case.spacing_zyx)
         image = shift_rendering(case.image, case.brain_mask, rendering, seed)
-        phantoms.append(TestPhantom(seed, image, case.class_map > 0, spacing))
+        mask = case.brain_mask if brain_mask else None
+        reference = case.class_map > 0 if mask is None else (case.class_map > 0) & mask
+        phantoms.append(TestPhantom(seed, image, reference, spacing, mask))
     return phantoms
 
 
@@ -209,7 +220,9 @@ def score_method(name: str, kind: str, registry: ModelRegistry, phantoms, extra:
     rows = []
     for phantom in phantoms:
         started = time.monotonic()
-        result = segment_image(phantom.image, phantom.spacing_zyx, request, registry=registry)
+        result = segment_image(
+            phantom.image, phantom.spacing_zyx, request, brain_mask=phantom.brain_mask, registry=registry
+        )
         seconds = round(time.monotonic() - started, 2)
         threshold = result.thresholds.get(result.vessel_classes[0]) if result.vessel_classes else None
         row = {"method": name, "kind": kind, **extra, "phantom": phantom.seed, **score(result, phantom)}
@@ -477,7 +490,10 @@ def summarise(rows: list[dict], timing: list[dict], first: str, test_set: dict, 
         f"3D-SLD benchmark{' (--quick: scores mean nothing)' if args.quick else ''}: {len(seeds)} held-out "
         f"TOF-MRA phantoms {shape} at {test_set['spacing_zyx']} mm (seeds {seeds[0]}-{seeds[-1]}), "
         f"{'as rendered' if args.rendering == AS_RENDERED else f'rendering shifted: {args.rendering}'}, "
-        "scored against any vessel (class map > 0) through segment_image.",
+        "scored against any vessel (class map > 0) through segment_image"
+        + (
+            ", every method given the brain mask and scored inside it." if test_set.get("brain_mask") else "."
+        ),
         "",
         "Per method and seed, means over the test phantoms:",
         "",
@@ -562,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         help="score on the test phantoms as rendered (default) or shifted to another protocol "
         "(benchmarks/rendering_shifts.py); the trained models are shared",
     )
+    parser.add_argument(
+        "--brain-mask",
+        action="store_true",
+        help="give every method the test phantoms' brain masks and score inside them (needed by models "
+        "trained on skull-stripped phantoms, skull_strip = true)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke test of the harness")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -592,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         "shape_zyx": list(QUICK_SHAPE_ZYX if args.quick else TEST_SHAPE_ZYX),
         "spacing_zyx": list(test_spacing(reference_config, MODALITY)),
     }
+    if args.brain_mask:  # scored inside the brain: not comparable with a run folder scored on whole volumes
+        test_set["brain_mask"] = True
     args.run_dir.mkdir(parents=True, exist_ok=True)
     record_path = args.run_dir / "benchmark.json"
     if record_path.is_file() and json.loads(record_path.read_text()) != test_set:
@@ -600,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     record_path.write_text(json.dumps(test_set, indent=1) + "\n")
     phantoms = make_test_phantoms(
-        test_set["seeds"], test_set["shape_zyx"], test_set["spacing_zyx"], args.rendering
+        test_set["seeds"], test_set["shape_zyx"], test_set["spacing_zyx"], args.rendering, args.brain_mask
     )
     rows: list[dict] = []
     timing: list[dict] = []

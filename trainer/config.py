@@ -89,10 +89,15 @@ class PhantomSource:
     #: ``VesselSegLib.phantoms.RADIUS_MODELS``: "voxel" (vessels 1-9 voxels across whatever the spacing) or
     #: "2pm-physical" (capillaries 2-4 um, penetrating vessels up to 15 um radius; needs a um-scale spacing).
     radius_model: str = "voxel"
+    #: Skull-stripped images: intensities normalised inside the phantom's brain mask and zeroed outside it, as
+    #: for a scan with a brain mask from a skull stripper (the 3D-SLD paper's TOF-MRA volumes come with brain
+    #: masks "to filter out no-brain parts"). A model trained on them needs a brain mask at inference.
+    skull_strip: bool = False
     kind: str = "phantom"
 
     def describe(self) -> str:
         remap = f", classes remapped {self.class_remap}" if self.class_remap else ""
+        remap += ", skull-stripped" if self.skull_strip else ""
         spacing = "" if self.spacing_zyx is None else f" at {list(self.spacing_zyx)} mm"
         radii = "" if self.radius_model == "voxel" else f", {self.radius_model} radii"
         return (
@@ -531,6 +536,7 @@ def _phantom_source(table: dict[str, Any], where: str, vessel_classes: tuple[str
             "class_remap",
             "weight",
             "radius_model",
+            "skull_strip",
         },
         {"kind", "modality", "count", "shape_zyx", "seed"},
     )
@@ -563,6 +569,7 @@ def _phantom_source(table: dict[str, Any], where: str, vessel_classes: tuple[str
         radius_model=_choice(
             table.get("radius_model", "voxel"), f"{where}.radius_model", list(RADIUS_MODELS)
         ),
+        skull_strip=_boolean(table.get("skull_strip", False), f"{where}.skull_strip"),
     )
 
 
@@ -781,6 +788,12 @@ def parse_config(
             data_raw["training_spacing_mm_zyx"], "data.training_spacing_mm_zyx", integer=False, minimum=0
         ),
     )
+    # A model reads either skull-stripped images or whole heads (its registry entry's "normalisation").
+    if len({getattr(source, "skull_strip", False) for source in (*data.training, *data.validation)}) > 1:
+        raise ValueError(
+            "data.training and data.validation mix skull-stripped and whole-head sources; set skull_strip "
+            "the same on every source (a model reads one kind)."
+        )
 
     t = raw["training"]
     allowed = {f for f in TrainingConfig.__dataclass_fields__}

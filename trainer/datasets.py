@@ -117,7 +117,9 @@ def _make_case(
     )
 
 
-def _phantom_cases(source: PhantomSource, vessel_classes: tuple[str, ...]) -> list[TrainingCase]:
+def _phantom_cases(
+    source: PhantomSource, vessel_classes: tuple[str, ...], images_only: bool = False
+) -> list[TrainingCase]:
     cases = []
     for offset in range(source.count):
         seed = source.seed + offset
@@ -128,36 +130,43 @@ def _phantom_cases(source: PhantomSource, vessel_classes: tuple[str, ...]) -> li
             seed=seed,
             radius_model=source.radius_model,
         )
+        name = f"phantom-{source.modality}-{seed}"
+        # Normalise as inference does for a user who gives no mask: over the whole volume for bright-vessel
+        # modalities (so the network learns to ignore bright scalp fat and the dark outside), inside the
+        # brain for SWI, whose inversion needs a brain mask (see VesselSegLib.preprocessing.presets). A
+        # skull-stripped source normalises inside the brain and zeroes the rest, whatever the modality.
+        brain_only = source.skull_strip or not get_preset(source.modality).vessels_bright
+        image = normalize_intensity(
+            phantom.image, source.modality, phantom.brain_mask if brain_only else None
+        )
+        if images_only:
+            cases.append(_image_only_case(name, image, phantom, source))
+            continue
         target = np.zeros((len(vessel_classes), *phantom.class_map.shape), dtype=np.uint8)
         for phantom_name, label in PHANTOM_LABELS.items():
             model_name = source.class_remap.get(phantom_name, phantom_name)
             if model_name == DROP_CLASS:
                 continue
             target[vessel_classes.index(model_name)] |= phantom.class_map == label
-        # Normalise as inference does for a user who gives no mask: over the whole volume for bright-vessel
-        # modalities (so the network learns to ignore bright scalp fat and the dark outside), inside the
-        # brain for SWI, whose inversion needs a brain mask (see VesselSegLib.preprocessing.presets).
-        normalization_mask = None if get_preset(source.modality).vessels_bright else phantom.brain_mask
-        image = normalize_intensity(phantom.image, source.modality, normalization_mask)
         cases.append(
-            _make_case(
-                f"phantom-{source.modality}-{seed}",
-                image,
-                target,
-                phantom.spacing_zyx,
-                source.modality,
-                phantom.brain_mask,
-            )
+            _make_case(name, image, target, phantom.spacing_zyx, source.modality, phantom.brain_mask)
         )
     return cases
 
 
-def _image_only_case(case: TrainingCase) -> TrainingCase:
-    """``case`` with no label: zero target channels, no vessel voxels, the whole volume as the sampling box."""
-    return dataclasses.replace(
-        case,
-        target=np.zeros((0, *case.image.shape), dtype=np.uint8),
-        box=tuple((0, n) for n in case.image.shape),
+def _image_only_case(name: str, image: np.ndarray, phantom, source: PhantomSource) -> TrainingCase:
+    """A phantom with no label: zero target channels, no vessel voxels, and as the sampling box the whole
+    volume, or for a skull-stripped source the volume cut to its brain mask's bounding box (label-free)."""
+    if source.skull_strip:
+        box = _bounding_box(phantom.brain_mask)
+        image = image[tuple(slice(start, stop) for start, stop in box)]
+    return TrainingCase(
+        name=name,
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        target=np.zeros((0, *image.shape), dtype=np.uint8),
+        spacing_zyx=tuple(float(s) for s in phantom.spacing_zyx),
+        modality=source.modality,
+        box=tuple((0, n) for n in image.shape),
         vessel_voxels=np.zeros(0, dtype=np.int64),
     )
 
@@ -308,8 +317,7 @@ def load_cases(
     key = (repr(source), classes, images_only)
     if key not in _CASE_CACHE:
         if isinstance(source, PhantomSource):
-            cases = _phantom_cases(source, tuple(vessel_classes))
-            _CASE_CACHE[key] = [_image_only_case(c) for c in cases] if images_only else cases
+            _CASE_CACHE[key] = _phantom_cases(source, classes, images_only)
         elif images_only:
             _CASE_CACHE[key] = _file_image_cases(source)
         else:

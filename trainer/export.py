@@ -97,6 +97,10 @@ def export_run(
         thresholds = {name: fixed for name in vessel_classes}
         threshold_record = {"selection": "fixed", "thresholds": thresholds}
     modalities = list(modalities) if modalities else list(record["modalities"])
+    # Sources agree on skull stripping (trainer.config checks it): such a model needs a brain mask.
+    skull_stripped = any(
+        bool(source.get("skull_strip")) for source in record["config"].get("data", {}).get("training", [])
+    )
     display_name = display_name or f"{record['architecture']} ({', '.join(modalities)})"
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     card = {
@@ -104,7 +108,12 @@ def export_run(
         "display_name": display_name,
         "vessel_classes": vessel_classes,
         "modalities": modalities,
-        "normalisation": "modality preset (VesselSegLib.preprocessing.normalize_intensity)",
+        "normalisation": "modality preset (VesselSegLib.preprocessing.normalize_intensity)"
+        + (
+            ", inside the brain mask, outside zeroed (trained on skull-stripped volumes)"
+            if skull_stripped
+            else ""
+        ),
         "patch_size_zyx": record["patch_size_zyx"],
         "training_data": record["training_data"],
         "validation_data": record["validation_data"],
@@ -142,7 +151,7 @@ def export_run(
         "modalities": modalities,
         "vessel_classes": vessel_classes,
         "spacing_mm_zyx": record["training_spacing_zyx"],
-        "normalisation": "preset",
+        "normalisation": "brain-mask" if skull_stripped else "preset",
         "patch_size_zyx": record["patch_size_zyx"],
         "overlap": overlap,
         "thresholds": thresholds,

@@ -197,13 +197,21 @@ def _normalised_images(
             "the head becomes bright. Give a brain mask (e.g. from Slicer's Swiss Skull Stripper or HD-BET).",
             preset.name,
         )
+    skull_stripped = plan.entry.normalisation == "brain-mask"
+    if skull_stripped and mask is None:
+        raise ValueError(
+            f"Method {plan.entry.name!r} was trained on skull-stripped volumes and needs a brain mask; give one "
+            "(--mask, or the Mask selector), e.g. from HD-BET or Slicer's Swiss Skull Stripper."
+        )
     preprocessing_record: dict = {}
     if plan.request.microscopy.active:
         data, preprocessing_record = _microscopy_preprocess(data, plan)
     tick = time.perf_counter()
     # Bright-vessel presets are normalised over the whole volume, as the trainer does for them; the mask then
-    # only limits where vessels are searched. SWI needs the mask for its inversion (preprocessing.presets).
-    normalised = normalize_intensity(data, preset, None if preset.vessels_bright else mask)
+    # only limits where vessels are searched. SWI needs the mask for its inversion (preprocessing.presets),
+    # and a network trained on skull-stripped volumes sees the brain alone, the outside zeroed.
+    in_mask = skull_stripped or not preset.vessels_bright
+    normalised = normalize_intensity(data, preset, mask if in_mask else None)
     del data
     companions = {}
     for modality in inputs.companions:

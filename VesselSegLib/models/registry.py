@@ -16,7 +16,9 @@ Each entry names a method the user can pick (in Slicer's Method panel or ``vesse
       "vessel_classes": ["artery", "vein", "micro"],  # one network output channel each, in order
       "spacing_mm_zyx": [0.8, 0.5, 0.5],    # training voxel size (or {"TOF-MRA": [...], ...}); inputs
                                             # further off than the policy's tolerance are resampled to it
-      "normalisation": "preset",            # intensity normalisation: the modality preset's
+      "normalisation": "preset",            # intensity normalisation: the modality preset's; "brain-mask":
+                                            # trained on skull-stripped volumes, so the input is normalised
+                                            # inside the brain mask and zeroed outside it (a mask is required)
       "patch_size_zyx": [64, 128, 128], "overlap": 0.25, "thresholds": {"artery": 0.5, ...}
     }
 
@@ -53,6 +55,9 @@ REGISTRY_FILE_NAME = "models.json"
 #: Kinds built into VesselSeg (``VesselSegLib.methods.BUILTIN_KINDS``); an entry of another kind names its
 #: class with ``"implementation": "module:Class"``.
 METHOD_KINDS = ("network", "vesselness", "ensemble", "active-contour")
+#: ``"normalisation"`` of an entry: the modality preset's (bright-vessel modalities over the whole volume), or
+#: inside the brain mask with the outside zeroed, for a network trained on skull-stripped volumes.
+NORMALISATIONS = ("preset", "brain-mask")
 #: Non-learned kinds: they mark the preset's main vessel class, whatever classes the entry lists.
 FILTER_KINDS = ("vesselness", "active-contour")
 
@@ -86,6 +91,8 @@ class ModelEntry:
     reduced_precision: tuple[str, ...] = ()
     """Precisions besides float32 ("bfloat16", "float16") this network may run in: each keeps its class map
     within ``VesselSegLib.inference.runtime.MAX_DICE_CHANGE`` Dice of float32 (Testing/test_runtime.py)."""
+    normalisation: str = "preset"
+    """One of ``NORMALISATIONS``: "brain-mask" for a network trained on skull-stripped volumes (needs a mask)."""
     directory: Path = field(default_factory=Path)
 
     def training_spacing_for(self, modality: str) -> tuple[float, float, float] | None:
@@ -181,6 +188,7 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
             implementation=raw.get("implementation"),
             settings=dict(raw.get("settings", {})),
             reduced_precision=tuple(str(p) for p in raw.get("reduced_precision", ())),
+            normalisation=str(raw.get("normalisation", "preset")),
             directory=directory,
         )
     except KeyError as missing:
@@ -191,6 +199,11 @@ def _entry_from_json(raw: dict[str, Any], directory: Path) -> ModelEntry:
         raise ValueError(
             f"Model registry entry {entry.name!r} has kind {entry.kind!r}; use one of {METHOD_KINDS}, or name "
             'the class of a new kind with "implementation": "module:Class".'
+        )
+    if entry.normalisation not in NORMALISATIONS:
+        raise ValueError(
+            f"Model registry entry {entry.name!r} has normalisation {entry.normalisation!r}; use one of "
+            f"{NORMALISATIONS}."
         )
     for class_name in entry.vessel_classes:
         vessel_class(class_name)  # raises on unknown class names

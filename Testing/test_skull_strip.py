@@ -1,0 +1,155 @@
+"""Skull-stripped training and inference: ``skull_strip = true`` phantom sources and ``"normalisation":
+"brain-mask"`` registry entries (the 3D-SLD paper's TOF-MRA volumes come with brain masks)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.config import PhantomSource, parse_config
+from trainer.datasets import clear_case_cache, load_cases
+from trainer.export import export_run
+from trainer.loop import run_training
+from VesselSegLib.inference.large_volume import segment_large_volume
+from VesselSegLib.inference.pipeline import segment_image
+from VesselSegLib.models.registry import ModelRegistry
+from VesselSegLib.phantoms import make_phantom_case
+from VesselSegLib.preprocessing import normalize_intensity
+from VesselSegLib.request import SegmentationRequest
+
+REPO = Path(__file__).resolve().parents[1]
+SLD_TOF = REPO / "trainer" / "configs" / "sld_tof.toml"
+SHAPE = (32, 48, 48)
+
+
+def _source(skull_strip: bool) -> PhantomSource:
+    return PhantomSource(
+        modality="TOF-MRA",
+        count=1,
+        shape_zyx=SHAPE,
+        seed=77,
+        class_remap={"vein": "artery", "micro": "artery"},
+        skull_strip=skull_strip,
+    )
+
+
+def _brain_box(mask: np.ndarray) -> tuple[slice, ...]:
+    hits = np.argwhere(mask)
+    return tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(hits.min(0), hits.max(0), strict=True))
+
+
+def test_label_free_skull_stripped_phantoms_are_the_brain_alone_normalised_inside_it():
+    clear_case_cache()
+    phantom = make_phantom_case("TOF-MRA", SHAPE, seed=77)
+    assert not phantom.brain_mask.all()  # the phantom has an outside to strip
+    (case,) = load_cases(_source(True), ["artery"], images_only=True)
+    box = _brain_box(phantom.brain_mask)
+    inside = phantom.brain_mask[box]
+    assert case.image.shape == inside.shape  # cut to the brain's bounding box
+    assert case.target.shape[0] == 0 and case.vessel_voxels.size == 0  # still no label
+    assert np.all(case.image[~inside] == 0)
+    expected = normalize_intensity(phantom.image, "TOF-MRA", phantom.brain_mask)[box]
+    np.testing.assert_array_equal(case.image, expected)
+    # The whole-head case is normalised over the whole volume: another image.
+    (whole,) = load_cases(_source(False), ["artery"], images_only=True)
+    assert whole.image.shape == SHAPE and np.any(whole.image[~phantom.brain_mask] != 0)
+
+
+def test_labelled_skull_stripped_phantoms_keep_their_grid_and_labels():
+    clear_case_cache()
+    phantom = make_phantom_case("TOF-MRA", SHAPE, seed=77)
+    (stripped,) = load_cases(_source(True), ["artery"])
+    (whole,) = load_cases(_source(False), ["artery"])
+    assert stripped.image.shape == SHAPE
+    assert np.all(stripped.image[~phantom.brain_mask] == 0)
+    np.testing.assert_array_equal(stripped.target, whole.target)
+
+
+def _document(tmp_path: Path, skull_strip=(True, True)) -> dict:
+    document = tomllib.loads(SLD_TOF.read_text())
+    document["model"]["arguments"] = {
+        "in_channels": 1,
+        "widths": [4, 8, 8],
+        "embedding_channels": 8,
+        "clusters": 4,
+    }
+    for key, strip in zip(("training", "validation"), skull_strip, strict=True):
+        source = document["data"][key][0]
+        source.update(count=2 if key == "training" else 1, shape_zyx=list(SHAPE), skull_strip=strip)
+    document["training"].update(
+        epochs=2, patches_per_epoch=1, batch_size=1, patch_size_zyx=[16, 16, 16], num_threads=1
+    )
+    document["training"]["sld"].update(stage_epochs=[1, 1, 0], reference_count=4, pseudo_label_views=2)
+    document["output"] = {"run_dir": str(tmp_path / "run")}
+    return document
+
+
+def test_a_configuration_that_mixes_stripped_and_whole_heads_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="mix skull-stripped and whole-head sources"):
+        parse_config(_document(tmp_path, skull_strip=(True, False)))
+    document = _document(tmp_path)
+    document["data"]["training"][0]["skull_strip"] = "yes"
+    with pytest.raises(ValueError, match="skull_strip"):
+        parse_config(document)
+
+
+@pytest.fixture(scope="module")
+def stripped_registry(tmp_path_factory) -> ModelRegistry:
+    tmp_path = tmp_path_factory.mktemp("skull-strip")
+    clear_case_cache()
+    summary = run_training(parse_config(_document(tmp_path)), command=["test"])
+    assert summary.epochs_completed == 2
+    entry = export_run(tmp_path / "run", name="sld-stripped", out_dir=tmp_path, modalities=["TOF-MRA"])
+    assert entry["normalisation"] == "brain-mask"
+    card = json.loads((tmp_path / "sld-stripped.card.json").read_text())
+    assert "skull-stripped" in card["normalisation"]
+    (tmp_path / "models.json").write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+    return ModelRegistry.from_file(tmp_path / "models.json")
+
+
+def test_a_skull_stripped_model_needs_a_mask_and_reads_only_the_brain(stripped_registry):
+    phantom = make_phantom_case("TOF-MRA", SHAPE, seed=9)
+    request = SegmentationRequest(
+        modality="TOF-MRA", method="sld-stripped", device="cpu", keep_probabilities=True
+    )
+    with pytest.raises(ValueError, match="needs a brain mask"):
+        segment_image(phantom.image, phantom.spacing_zyx, request, registry=stripped_registry)
+    result = segment_image(
+        phantom.image, phantom.spacing_zyx, request, brain_mask=phantom.brain_mask, registry=stripped_registry
+    )
+    assert result.class_map.shape == SHAPE and not result.class_map[~phantom.brain_mask].any()
+    # Whatever lies outside the brain (scalp, air, a bright artefact) cannot change the segmentation.
+    altered = copy.deepcopy(phantom.image)
+    altered[~phantom.brain_mask] = np.random.default_rng(0).uniform(
+        0, 5 * phantom.image.max(), (~phantom.brain_mask).sum()
+    )
+    again = segment_image(
+        altered, phantom.spacing_zyx, request, brain_mask=phantom.brain_mask, registry=stripped_registry
+    )
+    for name, probability in result.probabilities.items():
+        np.testing.assert_array_equal(again.probabilities[name], probability)
+
+
+def test_streaming_refuses_a_skull_stripped_model(stripped_registry, tmp_path):
+    plan = SegmentationRequest(
+        modality="TOF-MRA", method="sld-stripped", device="cpu", min_component_mm3=0
+    ).resolve(stripped_registry)
+    path = tmp_path / "volume.npy"
+    np.save(path, make_phantom_case("TOF-MRA", SHAPE, seed=9).image)
+    with pytest.raises(ValueError, match="needs a brain mask"):
+        segment_large_volume(path, tmp_path, plan, spacing_xyz=(0.5, 0.5, 0.8))
+
+
+def test_an_unknown_normalisation_in_the_registry_is_refused(stripped_registry, tmp_path):
+    entry = stripped_registry.get("sld-stripped")
+    assert entry.normalisation == "brain-mask"
+    raw = json.loads((entry.directory / "models.json").read_text())
+    raw["models"][0]["normalisation"] = "z-score"
+    (tmp_path / "models.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="normalisation 'z-score'"):
+        ModelRegistry.from_file(tmp_path / "models.json")
