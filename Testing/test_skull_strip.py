@@ -153,3 +153,20 @@ def test_an_unknown_normalisation_in_the_registry_is_refused(stripped_registry, 
     (tmp_path / "models.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="normalisation 'z-score'"):
         ModelRegistry.from_file(tmp_path / "models.json")
+
+
+def test_the_cluster_diagnostic_scores_a_stripped_run_inside_the_brain(stripped_registry, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sld_cluster_ap", REPO / "benchmarks" / "sld_cluster_ap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = stripped_registry.get("sld-stripped").directory / "run"
+    assert module.main([str(run), "--seeds", "5001"]) == 0
+    out = capsys.readouterr().out
+    assert "skull-stripped, scored inside the brain" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 5001 |"))
+    share = float(row.strip("|").split("|")[1])
+    phantom = make_phantom_case("TOF-MRA", module.SHAPE_ZYX, spacing_zyx=(0.8, 0.5, 0.5), seed=5001)
+    inside = (phantom.class_map > 0)[phantom.brain_mask].mean()
+    assert share == pytest.approx(inside, abs=1e-4)  # the vessel share of the brain, not of the volume

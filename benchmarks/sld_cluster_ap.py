@@ -9,7 +9,9 @@ apart on TOF-MRA phantoms: for each cluster ``c`` the average precision of its m
 the phantom's vessels (any class), the share of the volume and of the vessel voxels where ``c`` is the
 largest cluster, and, as the yardstick, the AP of the normalised intensity itself. It reads the phantoms'
 labels only to diagnose; no training reads them. The phantoms are drawn at the run's training voxel size
-(``run.json``), whole volume in one pass (the network's eval mode: no orientation turns).
+(``run.json``), whole volume in one pass (the network's eval mode: no orientation turns). A run trained on
+skull-stripped phantoms (``skull_strip = true``) sees them as it was trained, normalised inside the brain mask
+with the outside zeroed, and is scored inside the brain.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     network.load_state_dict(load_file(args.run / LAST_WEIGHTS))
     network.eval()
     spacing = tuple(record["training_spacing_zyx"] or (0.8, 0.5, 0.5))
-    print(f"{args.run}: clusters of the last epoch on TOF-MRA phantoms {SHAPE_ZYX} at {spacing} mm")
+    stripped = any(s.get("skull_strip") for s in record["config"]["data"]["training"])
+    where = ", skull-stripped, scored inside the brain" if stripped else ""
+    print(f"{args.run}: clusters of the last epoch on TOF-MRA phantoms {SHAPE_ZYX} at {spacing} mm{where}")
     print()
     print(
         "| phantom | vessel share | AP intensity | AP of each cluster m^c | share where c is largest "
@@ -60,16 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for seed in args.seeds:
         phantom = make_phantom_case("TOF-MRA", SHAPE_ZYX, spacing_zyx=spacing, seed=seed)
-        image = normalize_intensity(phantom.image, "TOF-MRA")
-        vessels = (phantom.class_map > 0).ravel()
+        image = normalize_intensity(phantom.image, "TOF-MRA", phantom.brain_mask if stripped else None)
+        scored = phantom.brain_mask.ravel() if stripped else np.ones(image.size, dtype=bool)
+        vessels = (phantom.class_map > 0).ravel()[scored]
         with torch.no_grad():
             clusters = network.forward_all(torch.from_numpy(image[None, None].astype(np.float32)))
-        memberships = clusters.clusters[0].numpy().reshape(clusters.clusters.shape[1], -1)
+        memberships = clusters.clusters[0].numpy().reshape(clusters.clusters.shape[1], -1)[:, scored]
         largest = memberships.argmax(axis=0)
         aps = [average_precision(rescaled(m.astype(np.float64)), vessels) for m in memberships]
         count = len(memberships)
+        intensity_ap = average_precision(rescaled(image.ravel()[scored]), vessels)
         print(
-            f"| {seed} | {vessels.mean():.4f} | {average_precision(rescaled(image.ravel()), vessels):.3f} "
+            f"| {seed} | {vessels.mean():.4f} | {intensity_ap:.3f} "
             f"| {' '.join(f'{a:.3f}' for a in aps)} "
             f"| {' '.join(f'{(largest == c).mean():.2f}' for c in range(count))} "
             f"| {' '.join(f'{(largest[vessels] == c).mean():.2f}' for c in range(count))} |"
