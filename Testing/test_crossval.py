@@ -234,6 +234,11 @@ def test_method_overrides_may_hold_lists_and_apply_to_the_parsed_configuration()
     assert document["model"]["arguments"]["base_channels"] == 8
     with pytest.raises(SystemExit, match="bad override"):
         harness.MethodSpec.parse(f"broken={VNET_2PM_CONFIG},training.epochs=")
+    # A key under an array of tables (the data sources) is set in every one of its tables.
+    sources = harness.MethodSpec.parse(f"weighted={VNET_2PM_CONFIG},data.training.weight=0.5").document()
+    assert len(sources["data"]["training"]) > 1
+    assert all(source["weight"] == 0.5 for source in sources["data"]["training"])
+    assert all("weight" not in source for source in sources["data"]["validation"])
 
 
 def _vnet_2pm_variant(path: Path, *replacements: tuple[str, str]) -> Path:

@@ -104,14 +104,17 @@ class MethodSpec:
         return cls(name=name, config=Path(config) if config else None, overrides=overrides)
 
     def document(self) -> dict:
-        """The configuration as parsed TOML, overrides applied."""
+        """The configuration as parsed TOML, overrides applied. A key under an array of tables is set in each
+        of its tables: ``data.training.skull_strip=true`` changes every training source."""
         raw = tomllib.loads(self.config.read_text())
         for key, value in self.overrides:
             *sections, leaf = key.split(".")
-            table = raw
+            tables = [raw]
             for section in sections:
-                table = table.setdefault(section, {})
-            table[leaf] = value
+                found = [table.setdefault(section, {}) for table in tables]
+                tables = [t for item in found for t in (item if isinstance(item, list) else [item])]
+            for table in tables:
+                table[leaf] = value
         return raw
 
 

@@ -201,7 +201,7 @@ def _normalised_images(
     if skull_stripped and mask is None:
         raise ValueError(
             f"Method {plan.entry.name!r} was trained on skull-stripped volumes and needs a brain mask; give one "
-            "(--mask, or the Mask selector), e.g. from HD-BET or Slicer's Swiss Skull Stripper."
+            "(--mask, or the panel's brain mask), e.g. from HD-BET or Slicer's Swiss Skull Stripper."
         )
     preprocessing_record: dict = {}
     if plan.request.microscopy.active:
