@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from trainer.config import PhantomSource, parse_config
 from trainer.datasets import clear_case_cache, load_cases
@@ -68,6 +69,59 @@ def test_labelled_skull_stripped_phantoms_keep_their_grid_and_labels():
     assert stripped.image.shape == SHAPE
     assert np.all(stripped.image[~phantom.brain_mask] == 0)
     np.testing.assert_array_equal(stripped.target, whole.target)
+
+
+def _write_tof_files(root: Path, seed: int, mask_shape=None) -> object:
+    """A TOF-MRA phantom as a user's files: images/, labels/ and brain/ (its brain mask), NIfTI."""
+    phantom = make_phantom_case("TOF-MRA", SHAPE, seed=seed)
+    mask = phantom.brain_mask if mask_shape is None else np.ones(mask_shape, dtype=bool)
+    for folder, array in (("images", phantom.image), ("labels", phantom.class_map), ("brain", mask)):
+        image = sitk.GetImageFromArray(
+            np.asarray(array, dtype=np.float32 if folder == "images" else np.uint8)
+        )
+        image.SetSpacing(tuple(reversed(phantom.spacing_zyx)))
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(root / folder / f"case{seed}.nii.gz"))
+    return phantom
+
+
+def _file_document(tmp_path: Path, root: Path, **source_keys) -> dict:
+    document = _document(tmp_path)
+    source = {"kind": "files", "modality": "TOF-MRA", "root": str(root), "images": "images/*.nii.gz"}
+    source.update(labels="labels", binary_class="artery", **source_keys)
+    document["data"]["training"] = [source]
+    document["data"]["validation"] = [dict(source)]
+    return document
+
+
+def test_file_sources_are_stripped_with_their_brain_masks(tmp_path):
+    phantom = _write_tof_files(tmp_path / "data", seed=31)
+    config = parse_config(_file_document(tmp_path, tmp_path / "data", skull_strip=True, brain_masks="brain"))
+    source = config.data.training[0]
+    assert source.skull_strip and "skull-stripped" in source.describe()
+    clear_case_cache()
+    (free,) = load_cases(source, ["artery"], images_only=True)
+    box = _brain_box(phantom.brain_mask)
+    expected = normalize_intensity(phantom.image, "TOF-MRA", phantom.brain_mask)[box]
+    np.testing.assert_allclose(free.image, expected, atol=1e-6)
+    assert free.target.shape[0] == 0 and free.box == tuple((0, n) for n in expected.shape)
+    (labelled,) = load_cases(source, ["artery"])
+    assert labelled.image.shape == SHAPE and np.all(labelled.image[~phantom.brain_mask] == 0)
+    np.testing.assert_array_equal(labelled.target[0], phantom.class_map > 0)
+
+
+def test_file_source_brain_mask_errors_name_the_fix(tmp_path):
+    _write_tof_files(tmp_path / "data", seed=31)
+    for keys in ({"skull_strip": True}, {"brain_masks": "brain"}):
+        with pytest.raises(ValueError, match="give both or neither"):
+            parse_config(_file_document(tmp_path, tmp_path / "data", **keys))
+    with pytest.raises(ValueError, match="brain_masks: file .* does not exist"):
+        parse_config(_file_document(tmp_path, tmp_path / "data", skull_strip=True, brain_masks="nowhere"))
+    _write_tof_files(tmp_path / "other", seed=32, mask_shape=(16, 16, 16))
+    config = parse_config(_file_document(tmp_path, tmp_path / "other", skull_strip=True, brain_masks="brain"))
+    clear_case_cache()
+    with pytest.raises(ValueError, match="must match voxel for voxel"):
+        load_cases(config.data.training[0], ["artery"], images_only=True)
 
 
 def _document(tmp_path: Path, skull_strip=(True, True)) -> dict:

@@ -126,6 +126,10 @@ class FileSource:
     #: e.g. the two VesselNN Santos stacks, whose README says to assume 0.994 x 0.994 x 5 um.
     assumed_spacing_xyz: tuple[float, float, float] | None = None
     weight: float | None = None
+    #: Skull-stripped images (as ``PhantomSource.skull_strip``), with ``brain_masks``: one mask file per image,
+    #: on its grid, matched like the labels.
+    skull_strip: bool = False
+    brain_masks: tuple[Path, ...] = ()
     kind: str = "files"
 
     def spacing_for(self, index: int) -> tuple[float, float, float] | None:
@@ -145,7 +149,11 @@ class FileSource:
         if not self.labels:
             mapping = "no labels"
         # The folder name only: a model card must not carry one machine's absolute paths.
-        return f"{self.count} {self.modality} file cases ({names}) from data folder {self.root.name!r}, {mapping}"
+        stripped = ", skull-stripped" if self.skull_strip else ""
+        return (
+            f"{self.count} {self.modality} file cases ({names}) from data folder {self.root.name!r}, "
+            f"{mapping}{stripped}"
+        )
 
 
 Source = PhantomSource | FileSource
@@ -604,6 +612,8 @@ def _file_source(
             "spacing_xyz",
             "assumed_spacing_xyz",
             "weight",
+            "skull_strip",
+            "brain_masks",
         },
         {"kind", "modality", "images"},
     )
@@ -634,18 +644,16 @@ def _file_source(
     images = [images[i] for i in keep]
     if not images:
         raise ValueError(f"{where}: every image is excluded; keep at least one.")
-    labels_raw = table.get("labels")
-    if labels_raw is None:  # label-free training (UMIS); supervised training refuses the source when loading
-        labels = []
-    elif isinstance(labels_raw, str):  # a folder holding labels with the images' file names
-        labels = [root / labels_raw / path.name for path in images]
-    elif isinstance(labels_raw, list) and all(isinstance(p, str) for p in labels_raw):
-        if len(labels_raw) != len(images_raw if isinstance(images_raw, list) else []):
-            raise ValueError(f"{where}.labels must list one label file per image ({len(images)} images).")
-        labels = [root / labels_raw[i] for i in keep]
-    else:
-        raise ValueError(f"{where}.labels must be a folder name or a list of paths, got {labels_raw!r}.")
-    for key, paths in (("images", images), ("labels", labels)):
+    # Label-free training (UMIS, 3D-SLD) gives no labels; supervised training refuses the source when loading.
+    labels = _paired_files(table, "labels", where, root, images, images_raw, keep)
+    skull_strip = _boolean(table.get("skull_strip", False), f"{where}.skull_strip")
+    brain_masks = _paired_files(table, "brain_masks", where, root, images, images_raw, keep)
+    if skull_strip != bool(brain_masks):
+        raise ValueError(
+            f"{where}: skull_strip = true needs brain_masks (a folder of masks with the images' file names), "
+            "and brain_masks are read only for skull_strip = true; give both or neither."
+        )
+    for key, paths in (("images", images), ("labels", labels), ("brain_masks", brain_masks)):
         for path in paths:
             if not path.is_file():
                 raise ValueError(f"{where}.{key}: file {path} does not exist.")
@@ -692,7 +700,26 @@ def _file_source(
         weight=None
         if "weight" not in table
         else _number(table["weight"], f"{where}.weight", 0, 1e9, open_low=True),
+        skull_strip=skull_strip,
+        brain_masks=tuple(brain_masks),
     )
+
+
+def _paired_files(
+    table: dict[str, Any], key: str, where: str, root: Path, images: list[Path], images_raw, keep: list[int]
+) -> list[Path]:
+    """The files of ``table[key]`` that go with ``images`` (after ``exclude``): a folder holding files with the
+    images' names, or a list of one path per listed image; none when the key is absent."""
+    raw = table.get(key)
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [root / raw / path.name for path in images]
+    if isinstance(raw, list) and all(isinstance(p, str) for p in raw):
+        if len(raw) != len(images_raw if isinstance(images_raw, list) else []):
+            raise ValueError(f"{where}.{key} must list one file per image ({len(images)} images).")
+        return [root / raw[i] for i in keep]
+    raise ValueError(f"{where}.{key} must be a folder name or a list of paths, got {raw!r}.")
 
 
 def _stem(path: Path) -> str:

@@ -140,7 +140,8 @@ def _phantom_cases(
             phantom.image, source.modality, phantom.brain_mask if brain_only else None
         )
         if images_only:
-            cases.append(_image_only_case(name, image, phantom, source))
+            mask = phantom.brain_mask if source.skull_strip else None
+            cases.append(_label_free_case(name, image, phantom.spacing_zyx, source.modality, mask))
             continue
         target = np.zeros((len(vessel_classes), *phantom.class_map.shape), dtype=np.uint8)
         for phantom_name, label in PHANTOM_LABELS.items():
@@ -154,21 +155,38 @@ def _phantom_cases(
     return cases
 
 
-def _image_only_case(name: str, image: np.ndarray, phantom, source: PhantomSource) -> TrainingCase:
-    """A phantom with no label: zero target channels, no vessel voxels, and as the sampling box the whole
-    volume, or for a skull-stripped source the volume cut to its brain mask's bounding box (label-free)."""
-    if source.skull_strip:
-        box = _bounding_box(phantom.brain_mask)
-        image = image[tuple(slice(start, stop) for start, stop in box)]
+def _label_free_case(
+    name: str, image: np.ndarray, spacing_zyx, modality: str, brain_mask: np.ndarray | None
+) -> TrainingCase:
+    """A case with no label: zero target channels, no vessel voxels, and as the sampling box the whole
+    volume, or for a skull-stripped image (``brain_mask`` given) the volume cut to the mask's bounding box."""
+    if brain_mask is not None:
+        image = image[tuple(slice(start, stop) for start, stop in _bounding_box(brain_mask))]
     return TrainingCase(
         name=name,
         image=np.ascontiguousarray(image, dtype=np.float32),
         target=np.zeros((0, *image.shape), dtype=np.uint8),
-        spacing_zyx=tuple(float(s) for s in phantom.spacing_zyx),
-        modality=source.modality,
+        spacing_zyx=tuple(float(s) for s in spacing_zyx),
+        modality=modality,
         box=tuple((0, n) for n in image.shape),
         vessel_voxels=np.zeros(0, dtype=np.int64),
     )
+
+
+def _read_brain_mask(source: FileSource, index: int, volume, metadata) -> np.ndarray | None:
+    """The brain mask of image ``index`` of a skull-stripped file source (None when it is not), on its grid."""
+    if not source.skull_strip:
+        return None
+    path = source.brain_masks[index]
+    mask = np.asarray(read_volume(path, spacing_xyz=volume.spacing_xyz, metadata_path=metadata).array) > 0
+    if mask.shape != volume.array.shape:
+        raise ValueError(
+            f"Brain mask {path} has shape {mask.shape} but image {source.images[index]} has "
+            f"{volume.array.shape}; they must match voxel for voxel."
+        )
+    if not mask.any():
+        raise ValueError(f"Brain mask {path} is empty; give a mask that covers the brain.")
+    return mask
 
 
 def _file_image_cases(source: FileSource) -> list[TrainingCase]:
@@ -178,11 +196,9 @@ def _file_image_cases(source: FileSource) -> list[TrainingCase]:
         zip(source.images, source.metadata or (None,) * source.count, strict=True)
     ):
         volume = read_volume(image_path, spacing_xyz=source.spacing_for(index), metadata_path=metadata)
-        image = normalize_intensity(volume.array, source.modality)
-        empty = np.zeros((0, *image.shape), dtype=np.uint8)
-        # The whole volume as the region: the sampling box of a label-free case.
-        region = np.ones(image.shape, dtype=bool)
-        cases.append(_make_case(image_path.name, image, empty, volume.spacing_zyx, source.modality, region))
+        mask = _read_brain_mask(source, index, volume, metadata)
+        image = normalize_intensity(volume.array, source.modality, mask)
+        cases.append(_label_free_case(image_path.name, image, volume.spacing_zyx, source.modality, mask))
     return cases
 
 
@@ -219,17 +235,10 @@ def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[Tra
                 )
             for value, name in source.label_map.items():
                 target[vessel_classes.index(name)] |= labels == value
-        image = normalize_intensity(volume.array, source.modality)
-        cases.append(
-            _make_case(
-                image_path.name,
-                image,
-                target,
-                volume.spacing_zyx,
-                source.modality,
-                np.ones(labels.shape, dtype=bool),
-            )
-        )
+        mask = _read_brain_mask(source, index, volume, metadata)
+        image = normalize_intensity(volume.array, source.modality, mask)
+        region = np.ones(labels.shape, dtype=bool) if mask is None else mask
+        cases.append(_make_case(image_path.name, image, target, volume.spacing_zyx, source.modality, region))
     return cases
 
 
