@@ -224,3 +224,12 @@ def test_the_cluster_diagnostic_scores_a_stripped_run_inside_the_brain(stripped_
     phantom = make_phantom_case("TOF-MRA", module.SHAPE_ZYX, spacing_zyx=(0.8, 0.5, 0.5), seed=5001)
     inside = (phantom.class_map > 0)[phantom.brain_mask].mean()
     assert share == pytest.approx(inside, abs=1e-4)  # the vessel share of the brain, not of the volume
+
+
+def test_the_methods_listing_says_which_models_need_a_mask(stripped_registry, monkeypatch, capsys):
+    from VesselSegLib.cli.main import run_methods
+
+    monkeypatch.setattr(ModelRegistry, "default", classmethod(lambda cls: stripped_registry))
+    run_methods()
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("sld-stripped") and line.endswith("needs --mask (trained skull-stripped)")
