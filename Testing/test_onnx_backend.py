@@ -169,7 +169,10 @@ def test_a_shipped_model_segments_the_same_with_an_exported_backend(cache):
         name: segment_image(
             case.image,
             case.spacing_zyx,
-            SegmentationRequest(modality="2PM", method="vnet-2pm", device="cpu", backend=name),
+            # float32 on both: "auto" picks bfloat16 on CPUs with native bfloat16, which no exported backend runs.
+            SegmentationRequest(
+                modality="2PM", method="vnet-2pm", device="cpu", backend=name, precision="float32"
+            ),
             registry=registry,
         )
         for name in ("pytorch", backend)
