@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from trainer.config import trains_skull_stripped
 from trainer.loop import LAST_WEIGHTS, RUN_RECORD
 from VesselSegLib.metrics.ranking import average_precision
 from VesselSegLib.models.networks import build_network
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     network.load_state_dict(load_file(args.run / LAST_WEIGHTS))
     network.eval()
     spacing = tuple(record["training_spacing_zyx"] or (0.8, 0.5, 0.5))
-    stripped = any(s.get("skull_strip") for s in record["config"]["data"]["training"])
+    stripped = trains_skull_stripped(record["config"])
     where = ", skull-stripped, scored inside the brain" if stripped else ""
     print(f"{args.run}: clusters of the last epoch on TOF-MRA phantoms {SHAPE_ZYX} at {spacing} mm{where}")
     print()

@@ -705,6 +705,12 @@ def _file_source(
     )
 
 
+def trains_skull_stripped(raw_config: dict[str, Any]) -> bool:
+    """Whether a configuration as TOML-parsed (a run record's ``config``) trains on skull-stripped images.
+    Its sources agree (checked when it is parsed), so any training source says it."""
+    return any(bool(source.get("skull_strip")) for source in raw_config.get("data", {}).get("training", []))
+
+
 def _paired_files(
     table: dict[str, Any], key: str, where: str, root: Path, images: list[Path], images_raw, keep: list[int]
 ) -> list[Path]:
@@ -816,7 +822,7 @@ def parse_config(
         ),
     )
     # A model reads either skull-stripped images or whole heads (its registry entry's "normalisation").
-    if len({getattr(source, "skull_strip", False) for source in (*data.training, *data.validation)}) > 1:
+    if len({source.skull_strip for source in (*data.training, *data.validation)}) > 1:
         raise ValueError(
             "data.training and data.validation mix skull-stripped and whole-head sources; set skull_strip "
             "the same on every source (a model reads one kind)."

@@ -173,17 +173,25 @@ def _label_free_case(
     )
 
 
+def _read_on_image_grid(path, what: str, image_path, volume, metadata) -> np.ndarray:
+    """The array of a label or mask file that belongs to ``volume`` (read from ``image_path``), refused
+    unless it has the image's shape. The file is read with the image's geometry, which also keeps TIFF files
+    without metadata quiet."""
+    array = np.asarray(read_volume(path, spacing_xyz=volume.spacing_xyz, metadata_path=metadata).array)
+    if array.shape != volume.array.shape:
+        raise ValueError(
+            f"{what} {path} has shape {array.shape} but image {image_path} has {volume.array.shape}; they must "
+            "match voxel for voxel."
+        )
+    return array
+
+
 def _read_brain_mask(source: FileSource, index: int, volume, metadata) -> np.ndarray | None:
     """The brain mask of image ``index`` of a skull-stripped file source (None when it is not), on its grid."""
     if not source.skull_strip:
         return None
     path = source.brain_masks[index]
-    mask = np.asarray(read_volume(path, spacing_xyz=volume.spacing_xyz, metadata_path=metadata).array) > 0
-    if mask.shape != volume.array.shape:
-        raise ValueError(
-            f"Brain mask {path} has shape {mask.shape} but image {source.images[index]} has "
-            f"{volume.array.shape}; they must match voxel for voxel."
-        )
+    mask = _read_on_image_grid(path, "Brain mask", source.images[index], volume, metadata) > 0
     if not mask.any():
         raise ValueError(f"Brain mask {path} is empty; give a mask that covers the brain.")
     return mask
@@ -213,15 +221,7 @@ def _file_cases(source: FileSource, vessel_classes: tuple[str, ...]) -> list[Tra
         zip(source.images, source.labels, source.metadata or (None,) * source.count, strict=True)
     ):
         volume = read_volume(image_path, spacing_xyz=source.spacing_for(index), metadata_path=metadata)
-        # The label's geometry is the image's; passing it also keeps TIFF labels without metadata quiet.
-        labels = np.asarray(
-            read_volume(label_path, spacing_xyz=volume.spacing_xyz, metadata_path=metadata).array
-        )
-        if labels.shape != volume.array.shape:
-            raise ValueError(
-                f"Label {label_path} has shape {labels.shape} but image {image_path} has "
-                f"{volume.array.shape}; they must match voxel for voxel."
-            )
+        labels = _read_on_image_grid(label_path, "Label", image_path, volume, metadata)
         target = np.zeros((len(vessel_classes), *labels.shape), dtype=np.uint8)
         if source.binary_class is not None:
             target[vessel_classes.index(source.binary_class)] = labels > 0

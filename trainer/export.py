@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.config import UMIS_LOSSES
+from trainer.config import UMIS_LOSSES, trains_skull_stripped
 from trainer.loop import BEST_WEIGHTS, CONFIG_COPY, LAST_WEIGHTS, RUN_RECORD
 from trainer.unsupervised import LOSS_PRESETS
 from VesselSegLib.models.checkpoint import card_path_for, load_checkpoint, save_checkpoint
@@ -97,10 +97,7 @@ def export_run(
         thresholds = {name: fixed for name in vessel_classes}
         threshold_record = {"selection": "fixed", "thresholds": thresholds}
     modalities = list(modalities) if modalities else list(record["modalities"])
-    # Sources agree on skull stripping (trainer.config checks it): such a model needs a brain mask.
-    skull_stripped = any(
-        bool(source.get("skull_strip")) for source in record["config"].get("data", {}).get("training", [])
-    )
+    skull_stripped = trains_skull_stripped(record["config"])  # such a model needs a brain mask
     display_name = display_name or f"{record['architecture']} ({', '.join(modalities)})"
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     card = {

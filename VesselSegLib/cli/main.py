@@ -465,7 +465,7 @@ def run_methods() -> None:
     registry = ModelRegistry.default()
     for entry in registry.entries():
         defaults = f" (default for {', '.join(entry.default_for)})" if entry.default_for else ""
-        needs_mask = "; needs --mask (trained skull-stripped)" if entry.normalisation == "brain-mask" else ""
+        needs_mask = "; needs --mask (trained skull-stripped)" if entry.needs_brain_mask else ""
         print(
             f"{entry.name:<24} {entry.display_name}; modalities: {', '.join(entry.modalities)}; "
             f"classes: {', '.join(entry.vessel_classes)}{defaults}{needs_mask}"

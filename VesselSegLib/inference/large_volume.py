@@ -171,7 +171,7 @@ def _check_streamable(plan: SegmentationPlan) -> None:
             f"Method {entry.name!r} is a {entry.kind}, which needs the whole volume in memory; stream with a "
             "single network (vesselseg methods lists them), or use 'vesselseg segment'."
         )
-    if entry.normalisation != "preset":
+    if entry.needs_brain_mask:
         raise ValueError(
             f"Method {entry.name!r} was trained on skull-stripped volumes and needs a brain mask, which "
             "streaming does not take; use 'vesselseg segment --mask'."

@@ -197,7 +197,7 @@ def _normalised_images(
             "the head becomes bright. Give a brain mask (e.g. from Slicer's Swiss Skull Stripper or HD-BET).",
             preset.name,
         )
-    skull_stripped = plan.entry.normalisation == "brain-mask"
+    skull_stripped = plan.entry.needs_brain_mask
     if skull_stripped and mask is None:
         raise ValueError(
             f"Method {plan.entry.name!r} was trained on skull-stripped volumes and needs a brain mask; give one "

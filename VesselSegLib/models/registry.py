@@ -95,6 +95,11 @@ class ModelEntry:
     """One of ``NORMALISATIONS``: "brain-mask" for a network trained on skull-stripped volumes (needs a mask)."""
     directory: Path = field(default_factory=Path)
 
+    @property
+    def needs_brain_mask(self) -> bool:
+        """Trained on skull-stripped volumes: reads the brain alone, so an input without a mask is refused."""
+        return self.normalisation == "brain-mask"
+
     def training_spacing_for(self, modality: str) -> tuple[float, float, float] | None:
         """The training voxel size (mm, Z Y X) for inputs of ``modality``, or None when there is none."""
         if isinstance(self.spacing_mm_zyx, dict):
