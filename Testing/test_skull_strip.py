@@ -232,3 +232,38 @@ def test_the_methods_listing_says_which_models_need_a_mask(stripped_registry, mo
     run_methods()
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("sld-stripped") and line.endswith("needs --mask (trained skull-stripped)")
+
+
+def test_the_slicer_logic_refuses_apply_without_a_mask_and_segments_inside_one(stripped_registry, scene):
+    import slicer.util
+
+    from VesselSegLib.mrml.logic import VesselSegLogic
+    from VesselSegLib.mrml.scene import set_ijk_to_ras
+
+    phantom = make_phantom_case("TOF-MRA", SHAPE, seed=9)
+    ijk_to_ras = np.diag([*phantom.spacing_zyx[::-1], 1.0])
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "TOF")
+    slicer.util.updateVolumeFromArray(volume, phantom.image)
+    set_ijk_to_ras(volume, ijk_to_ras)
+    logic = VesselSegLogic()
+    logic.registry = stripped_registry
+    request = SegmentationRequest(
+        modality="TOF-MRA", method="sld-stripped", device="cpu", create_models=False
+    )
+
+    # The panel's Apply button is disabled with this message before anything runs.
+    ok, message = logic.isValidInputOutputData(volume, request)
+    assert not ok and "needs a brain mask" in message and "Swiss Skull Stripper" in message
+    nodes_before = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="needs a brain mask"):
+        logic.process(volume, request)
+    assert scene.GetNumberOfNodes() == nodes_before
+
+    mask = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "brain")
+    slicer.util.updateVolumeFromArray(mask, phantom.brain_mask.astype(np.uint8))
+    set_ijk_to_ras(mask, ijk_to_ras)
+    ok, message = logic.isValidInputOutputData(volume, request, maskVolume=mask)
+    assert ok, message
+    outputs = logic.process(volume, request, maskVolume=mask)
+    class_map = outputs.result.class_map
+    assert class_map.shape == SHAPE and not class_map[~phantom.brain_mask].any()

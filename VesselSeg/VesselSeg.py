@@ -419,6 +419,8 @@ class VesselSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         canAdapt = self.logic.methodCanAdapt(entry.name)
         if canAdapt:
             kind += _("; can adapt to this stack")
+        if entry.needs_brain_mask:  # Apply stays disabled until one is chosen (the Logic's check says why)
+            kind += _("; needs a brain mask: trained on skull-stripped volumes")
         self.ui.adaptationSecondsSpinBox.enabled = canAdapt
         self.ui.methodDescriptionLabel.text = f"{entry.display_name} ({kind}): {classes}"
         if self._parameterNode.method != entry.name:

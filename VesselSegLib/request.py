@@ -409,6 +409,17 @@ class SegmentationPlan:
         """The entry's thresholds, overridden by the request's."""
         return {**entry.thresholds, **self.request.thresholds}
 
+    def check_brain_mask_given(self, mask_given: bool) -> None:
+        """Refuse a run without a brain mask when the method was trained on skull-stripped volumes.
+
+        Asked by the pipeline (the CLI, scripts) and by the Slicer Logic before Apply, with one message.
+        """
+        if self.entry.needs_brain_mask and not mask_given:
+            raise ValueError(
+                f"Method {self.entry.name!r} was trained on skull-stripped volumes and needs a brain mask; give "
+                "one (--mask, or the panel's brain mask), e.g. from HD-BET or Slicer's Swiss Skull Stripper."
+            )
+
 
 __all__ = [
     "DEVICES",

@@ -197,12 +197,8 @@ def _normalised_images(
             "the head becomes bright. Give a brain mask (e.g. from Slicer's Swiss Skull Stripper or HD-BET).",
             preset.name,
         )
+    plan.check_brain_mask_given(mask is not None)
     skull_stripped = plan.entry.needs_brain_mask
-    if skull_stripped and mask is None:
-        raise ValueError(
-            f"Method {plan.entry.name!r} was trained on skull-stripped volumes and needs a brain mask; give one "
-            "(--mask, or the panel's brain mask), e.g. from HD-BET or Slicer's Swiss Skull Stripper."
-        )
     preprocessing_record: dict = {}
     if plan.request.microscopy.active:
         data, preprocessing_record = _microscopy_preprocess(data, plan)

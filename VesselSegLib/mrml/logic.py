@@ -276,6 +276,7 @@ class VesselSegLogic:
         if companions and set(request.companion_modalities) != set(companions):
             request = request.replace(companion_modalities=tuple(companions))
         plan = request.resolve(self._registry())
+        plan.check_brain_mask_given(maskVolume is not None)  # the panel disables Apply and says why
         if maskVolume is not None:
             self._checkScalarVolume(maskVolume, "brain mask")
             self._checkSameGrid(maskVolume, inputVolume, "brain mask")
