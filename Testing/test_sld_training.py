@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from trainer.config import parse_config
 from trainer.datasets import clear_case_cache
 from trainer.export import export_run
 from trainer.loop import LAST_WEIGHTS, LOG_CSV, RUN_RECORD, run_training
+from trainer.sld import losses
 from trainer.sld.trainer import SLDTrainer
 from VesselSegLib.inference.pipeline import segment_image
 from VesselSegLib.models.registry import ModelRegistry
@@ -249,3 +251,59 @@ def test_a_resumed_run_trains_the_same_weights_as_an_uninterrupted_one(tmp_path)
     first, again = load_file(straight / "run" / LAST_WEIGHTS), load_file(interrupted / "run" / LAST_WEIGHTS)
     for name in first:
         np.testing.assert_array_equal(first[name], again[name], err_msg=name)
+
+
+class _IntensityDecision(torch.nn.Module):
+    """A stand-in for ``f'`` whose decision map is the image itself: flips commute with it, so every view
+    gives the same map; ``ramp`` adds a left-to-right ramp that a flip of X reverses."""
+
+    def __init__(self, ramp: bool = False):
+        super().__init__()
+        self.ramp = ramp
+
+    def decision_probability(self, image):
+        if not self.ramp:
+            return image
+        return torch.linspace(0.0, 1.0, image.shape[-1]).expand_as(image).clone()
+
+
+@pytest.mark.parametrize("mode", ["map", "votes"])
+def test_pseudo_labels_average_the_maps_or_the_decisions_of_the_views(tmp_path, mode):
+    document = _document(tmp_path)
+    document["training"]["sld"].update(pseudo_labels=mode, pseudo_label_views=8)
+    trainer = SLDTrainer(parse_config(document), command=["test"])
+    clear_case_cache()
+    trainer.setup()
+    images = torch.rand(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    trainer._best_network_module = _IntensityDecision()
+    pseudo = trainer.pseudo_labels(images)
+    expected = images if mode == "map" else (images > 0.5).float()
+    torch.testing.assert_close(pseudo, expected)
+    # Eq. 13's reliable voxels: a soft map is reliable only outside (0.1, 0.9); unanimous votes everywhere.
+    outside = ((images <= 0.1) | (images >= 0.9)).float().mean()
+    reliable = losses.reliable_mask(pseudo, 0.9).mean()
+    assert reliable == (outside if mode == "map" else 1.0)
+
+    # Views that disagree: the X-ramp reverses under the four views that flip X.
+    trainer._best_network_module = _IntensityDecision(ramp=True)
+    pseudo = trainer.pseudo_labels(images)
+    if mode == "map":
+        torch.testing.assert_close(pseudo, torch.full_like(images, 0.5))  # (r + (1 - r)) / 2
+    else:  # one half of the views calls a voxel vessel, the other half not
+        torch.testing.assert_close(pseudo, torch.full_like(images, 0.5))
+        assert losses.reliable_mask(pseudo, 0.9).sum() == 0
+
+
+def test_stage_three_logs_its_share_of_reliable_voxels(trained_run):
+    with (trained_run / LOG_CSV).open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows[1]["train_reliable"] == ""  # stage 2 has no pseudo labels
+    assert 0.0 <= float(rows[2]["train_reliable"]) <= 1.0
+
+
+def test_an_unknown_pseudo_label_kind_is_refused(tmp_path):
+    document = _document(tmp_path)
+    document["training"]["sld"]["pseudo_labels"] = "hard"
+    with pytest.raises(ValueError, match="pseudo_labels must be one of 'map', 'votes'"):
+        parse_config(document)

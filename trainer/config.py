@@ -56,6 +56,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: then ends on small steps, so the last epochs' weights differ less from one another).
 LR_SCHEDULES = ("plateau", "cosine")
 MODEL_SELECTIONS = ("best", "last")
+#: 3D-SLD's pseudo labels (eq. 13): the views' mean decision "map" (as written) or the share of their "votes".
+PSEUDO_LABELS = ("map", "votes")
 #: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
 PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
 #: Remapping a phantom class to this drops it (its voxels become background in every channel).
@@ -257,6 +259,13 @@ class SLDSpec:
         Flipped copies averaged into a pseudo label (N_e = 8, eq. 13).
     confidence : float in (0.5, 1)
         v_c of the reliable-voxel mask (eq. 13): voxels with 1 - v_c < y' < v_c are ignored.
+    pseudo_labels : "map" or "votes"
+        What eq. 13 averages over the views: "map", the decision map (``m^t``, or with ``decision =
+        "largest"`` its share against the largest rival), as written; "votes", the views' decisions (1 where
+        the view calls the voxel vessel), so that ``y'`` is the share of views that agree (ours). With the
+        "largest" decision and soft clusters the map stays inside (0.1, 0.9), no voxel is reliable and
+        stage 3 changes nothing (``train_reliable`` of the training log); votes are reliable wherever at
+        least ``v_c`` of the views agree.
     loss_weights : table of name = float >= 0
         Overrides of the paper's weights (``trainer.sld.losses.SLDLossWeights``: patch, mixup, region,
         adversarial, entropy, refinement, ...), e.g. ``{ entropy = 1.0 }``; empty: the paper's (eq. 16).
@@ -277,6 +286,7 @@ class SLDSpec:
     discriminator_learning_rate: float = 5e-5
     pseudo_label_views: int = 8
     confidence: float = 0.9
+    pseudo_labels: str = "map"
     loss_weights: dict[str, float] = field(default_factory=dict)
     bright_crop_fraction: float = 0.0
     bright_crop_quantile: float = 0.995
@@ -362,6 +372,9 @@ def _sld(value: Any) -> SLDSpec | None:
         ),
         confidence=_number(
             value.get("confidence", defaults.confidence), f"{where}.confidence", 0.5, 1, open_low=True
+        ),
+        pseudo_labels=_choice(
+            value.get("pseudo_labels", defaults.pseudo_labels), f"{where}.pseudo_labels", PSEUDO_LABELS
         ),
         loss_weights=_sld_loss_weights(value.get("loss_weights", {}), f"{where}.loss_weights"),
         bright_crop_fraction=_number(

@@ -16,8 +16,10 @@ random in-plane flip/rotation ``G`` (its embedding is turned back by ``G^-1``), 
   EMA teacher (eq. 10-12, 18; the teacher starts as a copy of the network at the stage's first iteration,
   and both ramps count from there); 0.1 x entropy (eq. 17).
 - Stage 3 adds Reliability-Refinement (eq. 13-14): pseudo labels are the mean of the historical best
-  network ``f'`` over ``pseudo_label_views`` flipped copies of each crop, and only voxels outside
-  ``(1 - v_c, v_c)`` count. ``f'`` is the stage-2 epoch with the lowest label-free validation loss (below).
+  network ``f'`` over ``pseudo_label_views`` flipped copies of each crop (of its decision map, or with
+  ``pseudo_labels = "votes"`` of its decisions), and only voxels outside ``(1 - v_c, v_c)`` count; the
+  log's ``train_reliable`` is their share. ``f'`` is the stage-2 epoch with the lowest label-free
+  validation loss (below).
 
 Validation reads no label: it is the stage-2 objective's single-pass terms (10 x region discrimination +
 adversarial loss against the current discriminator + 0.1 x entropy) on fixed crops of the validation
@@ -278,6 +280,7 @@ class SLDTrainer(Trainer):
                 loss = loss + weight * terms["consistency"]
         if stage == 3:
             pseudo = self.pseudo_labels(images[:crops])
+            terms["reliable"] = losses.reliable_mask(pseudo, self.sld.confidence).mean()
             terms["refinement"] = losses.reliability_refinement_loss(
                 decision_map(clusters[:crops], network.vessel_channel, network.decision),
                 pseudo,
@@ -314,7 +317,8 @@ class SLDTrainer(Trainer):
 
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """Eq. (13): ``f'``'s decision map averaged over the 8 flips of (Z, Y, X), turned back."""
+        """Eq. (13): ``f'``'s decision map (``pseudo_labels = "map"``) or decisions (``"votes"``) averaged
+        over the 8 flips of (Z, Y, X), turned back."""
         network = self._best_network()
         flips = [(z, y, x) for z in (False, True) for y in (False, True) for x in (False, True)]
         flips = flips[: self.sld.pseudo_label_views]
@@ -325,6 +329,8 @@ class SLDTrainer(Trainer):
             # The decision map (m^t, or its share against the largest rival cluster): y = [y' > 0.5] must be
             # the decision the shipped model makes.
             probability = network.decision_probability(turned).float()
+            if self.sld.pseudo_labels == "votes":
+                probability = (probability > losses.PSEUDO_LABEL_THRESHOLD).float()
             total += torch.flip(probability, dims) if dims else probability
         return total / len(flips)
 
@@ -375,7 +381,7 @@ class SLDTrainer(Trainer):
     @property
     def log_columns(self) -> list[str]:
         names = ["patch", "mixup", "region", "adversarial", "entropy", "consistency", "consistency_weight"]
-        names += ["refinement", "discriminator", "loss"]
+        names += ["reliable", "refinement", "discriminator", "loss"]
         if self.loss_weights.brightness > 0:  # the optional prior (not in the paper) logs only where it is on
             names.insert(names.index("refinement"), "brightness")
         return [
