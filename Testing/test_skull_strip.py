@@ -223,6 +223,11 @@ def test_the_cluster_diagnostic_scores_a_stripped_run_inside_the_brain(stripped_
     phantom = make_phantom_case("TOF-MRA", module.SHAPE_ZYX, spacing_zyx=(0.8, 0.5, 0.5), seed=5001)
     inside = (phantom.class_map > 0)[phantom.brain_mask].mean()
     assert share == pytest.approx(inside, abs=1e-4)  # the vessel share of the brain, not of the volume
+    # The stage-3 table: shares of reliable pseudo-label voxels, map and votes, and of voxels called vessel.
+    rows = [line for line in out.splitlines() if line.startswith("| 5001 |")]
+    assert len(rows) == 2 and "Reliable voxels of stage 3" in out
+    shares = [float(cell) for cell in rows[1].strip("|").split("|")[2:]]
+    assert len(shares) == 3 and all(0.0 <= value <= 1.0 for value in shares)
 
 
 def test_the_methods_listing_says_which_models_need_a_mask(stripped_registry, monkeypatch, capsys):

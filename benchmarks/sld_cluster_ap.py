@@ -12,6 +12,12 @@ labels only to diagnose; no training reads them. The phantoms are drawn at the r
 (``run.json``), whole volume in one pass (the network's eval mode: no orientation turns). A run trained on
 skull-stripped phantoms (``skull_strip = true``) sees them as it was trained, normalised inside the brain mask
 with the outside zeroed, and is scored inside the brain.
+
+A second table asks whether stage 3 (Reliability-Refinement, eq. 13-14) could act with weights like these: the
+share of voxels whose pseudo labels (``trainer.sld.losses.averaged_pseudo_labels`` over the 8 flips, from the
+last epoch's weights standing in for the stage-2 network ``f'``) lie outside (1 - v_c, v_c), with
+``pseudo_labels = "map"`` (eq. 13 as written) and ``"votes"``, and the 1st / 50th / 99th percentiles of the
+decision map. Where the map gives no reliable voxel, stage 3 changes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from safetensors.torch import load_file
 
 from trainer.config import trains_skull_stripped
 from trainer.loop import LAST_WEIGHTS, RUN_RECORD
+from trainer.sld.losses import CONFIDENCE_RATE, averaged_pseudo_labels, reliable_mask
 from VesselSegLib.metrics.ranking import average_precision
 from VesselSegLib.models.networks import build_network
 from VesselSegLib.phantoms import make_phantom_case
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "(volume) | share where c is largest (vessel voxels) |"
     )
     print("|---|---|---|---|---|---|")
+    reliability_rows = []
     for seed in args.seeds:
         phantom = make_phantom_case("TOF-MRA", SHAPE_ZYX, spacing_zyx=spacing, seed=seed)
         image = normalize_intensity(phantom.image, "TOF-MRA", phantom.brain_mask if stripped else None)
@@ -81,7 +89,35 @@ def main(argv: list[str] | None = None) -> int:
             f"| {' '.join(f'{(largest == c).mean():.2f}' for c in range(count))} "
             f"| {' '.join(f'{(largest[vessels] == c).mean():.2f}' for c in range(count))} |"
         )
+        reliability_rows.append(reliability_row(network, image, scored, seed))
+    print()
+    print(
+        f"Reliable voxels of stage 3's pseudo labels (8 flips, v_c = {CONFIDENCE_RATE}; share of the scored "
+        "voxels):"
+    )
+    print()
+    print(
+        "| phantom | decision map p1 / p50 / p99 | reliable, map (eq. 13) | reliable, votes | called vessel |"
+    )
+    print("|---|---|---|---|---|")
+    print("\n".join(reliability_rows))
     return 0
+
+
+def reliability_row(network, image: np.ndarray, scored: np.ndarray, seed: int) -> str:
+    """One row of the second table for one phantom (``scored``: the flat mask of the voxels counted)."""
+    volume = torch.from_numpy(image[None, None].astype(np.float32))
+    with torch.no_grad():
+        decision = network.decision_probability(volume).numpy().ravel()[scored]
+    reliable = {}
+    for mode in ("map", "votes"):
+        pseudo = averaged_pseudo_labels(network, volume, views=8, mode=mode)
+        reliable[mode] = float(reliable_mask(pseudo, CONFIDENCE_RATE).numpy().ravel()[scored].mean())
+    quantiles = " / ".join(f"{q:.3f}" for q in np.quantile(decision, [0.01, 0.5, 0.99]))
+    return (
+        f"| {seed} | {quantiles} | {reliable['map']:.4f} | {reliable['votes']:.4f} "
+        f"| {(decision > 0.5).mean():.4f} |"
+    )
 
 
 if __name__ == "__main__":

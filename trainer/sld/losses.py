@@ -491,6 +491,43 @@ def _check_confidence(confidence: float) -> None:
         raise ValueError(f"confidence must lie in [0.5, 1]; got {confidence!r}.")
 
 
+@torch.no_grad()
+def averaged_pseudo_labels(
+    network: nn.Module, images: torch.Tensor, views: int = 8, mode: str = "map"
+) -> torch.Tensor:
+    """``y'_n``, eq. (13): the best network's output averaged over ``views`` flips of (Z, Y, X), turned back.
+
+    Parameters
+    ----------
+    network : module with ``decision_probability(images) -> (N, 1, Z, Y, X)``
+        ``f'`` (an ``SLDNet``): its decision map is ``m^t``, or with ``decision = "largest"`` the share of
+        ``m^t`` against the largest rival cluster; ``y = [y' > 0.5]`` is then the decision the model makes.
+    images : tensor, shape (N, 1, Z, Y, X)
+    views : int in [1, 8]
+        ``N_e``; the first ``views`` of the 8 flips, the identity first.
+    mode : "map" or "votes"
+        Average the decision maps (eq. 13 as written) or the decisions themselves (1 where a view calls the
+        voxel vessel), so that ``y'`` is the share of the views that agree (ours: with soft clusters the
+        averaged map never leaves (0.1, 0.9) and no voxel is reliable).
+
+    Returns
+    -------
+    tensor, shape (N, 1, Z, Y, X), float32 in [0, 1]
+    """
+    if mode not in ("map", "votes"):
+        raise ValueError(f'mode must be "map" or "votes"; got {mode!r}.')
+    flips = [(z, y, x) for z in (False, True) for y in (False, True) for x in (False, True)][:views]
+    total = torch.zeros_like(images, dtype=torch.float32)
+    for flip in flips:
+        dims = [2 + i for i, flipped in enumerate(flip) if flipped]
+        turned = torch.flip(images, dims) if dims else images
+        probability = network.decision_probability(turned).float()
+        if mode == "votes":
+            probability = (probability > PSEUDO_LABEL_THRESHOLD).float()
+        total += torch.flip(probability, dims) if dims else probability
+    return total / len(flips)
+
+
 def reliable_mask(pseudo_probability: torch.Tensor, confidence: float = CONFIDENCE_RATE) -> torch.Tensor:
     """``q_n``: 0 where ``(1 - v_c) < y' < v_c``, 1 elsewhere, eq. (13).
 

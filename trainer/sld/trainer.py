@@ -315,24 +315,12 @@ class SLDTrainer(Trainer):
         self.discriminator_optimizer.step()
         return float(loss.detach())
 
-    @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """Eq. (13): ``f'``'s decision map (``pseudo_labels = "map"``) or decisions (``"votes"``) averaged
-        over the 8 flips of (Z, Y, X), turned back."""
-        network = self._best_network()
-        flips = [(z, y, x) for z in (False, True) for y in (False, True) for x in (False, True)]
-        flips = flips[: self.sld.pseudo_label_views]
-        total = torch.zeros_like(images)
-        for flip in flips:
-            dims = [2 + i for i, f in enumerate(flip) if f]
-            turned = torch.flip(images, dims) if dims else images
-            # The decision map (m^t, or its share against the largest rival cluster): y = [y' > 0.5] must be
-            # the decision the shipped model makes.
-            probability = network.decision_probability(turned).float()
-            if self.sld.pseudo_labels == "votes":
-                probability = (probability > losses.PSEUDO_LABEL_THRESHOLD).float()
-            total += torch.flip(probability, dims) if dims else probability
-        return total / len(flips)
+        """Eq. (13): ``f'``'s decision maps (``pseudo_labels = "map"``) or decisions (``"votes"``) averaged
+        over the flips of (Z, Y, X) (:func:`trainer.sld.losses.averaged_pseudo_labels`)."""
+        return losses.averaged_pseudo_labels(
+            self._best_network(), images, self.sld.pseudo_label_views, self.sld.pseudo_labels
+        )
 
     def _network_state(self) -> dict[str, torch.Tensor]:
         """A detached copy of the network's weights and buffers (the candidate ``f'``)."""
