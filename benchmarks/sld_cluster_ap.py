@@ -14,7 +14,7 @@ skull-stripped phantoms (``skull_strip = true``) sees them as it was trained, no
 with the outside zeroed, and is scored inside the brain.
 
 A second table asks whether stage 3 (Reliability-Refinement, eq. 13-14) could act with weights like these: the
-share of voxels whose pseudo labels (``trainer.sld.losses.averaged_pseudo_labels`` over the 8 flips, from the
+share of voxels whose pseudo labels (``trainer.sld.losses.average_view_maps`` over the 8 flips, from the
 last epoch's weights standing in for the stage-2 network ``f'``) lie outside (1 - v_c, v_c), with
 ``pseudo_labels = "map"`` (eq. 13 as written) and ``"votes"``, and the 1st / 50th / 99th percentiles of the
 decision map. Where the map gives no reliable voxel, stage 3 changes nothing.
@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from trainer.config import trains_skull_stripped
 from trainer.loop import LAST_WEIGHTS, RUN_RECORD
-from trainer.sld.losses import CONFIDENCE_RATE, averaged_pseudo_labels, reliable_mask
+from trainer.sld.losses import CONFIDENCE_RATE, average_view_maps, flipped_decision_maps, reliable_mask
 from VesselSegLib.metrics.ranking import average_precision
 from VesselSegLib.models.networks import build_network
 from VesselSegLib.phantoms import make_phantom_case
@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 def reliability_row(network, image: np.ndarray, scored: np.ndarray, seed: int) -> str:
     """One row of the second table for one phantom (``scored``: the flat mask of the voxels counted)."""
     volume = torch.from_numpy(image[None, None].astype(np.float32))
-    with torch.no_grad():
-        decision = network.decision_probability(volume).numpy().ravel()[scored]
+    maps = list(flipped_decision_maps(network, volume, views=8))  # one pass per view serves both averages
+    decision = maps[0].numpy().ravel()[scored]  # the identity view: the model's own decision map
     reliable = {}
     for mode in ("map", "votes"):
-        pseudo = averaged_pseudo_labels(network, volume, views=8, mode=mode)
+        pseudo = average_view_maps(maps, mode)
         reliable[mode] = float(reliable_mask(pseudo, CONFIDENCE_RATE).numpy().ravel()[scored].mean())
     quantiles = " / ".join(f"{q:.3f}" for q in np.quantile(decision, [0.01, 0.5, 0.99]))
     return (

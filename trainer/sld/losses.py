@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -492,10 +492,8 @@ def _check_confidence(confidence: float) -> None:
 
 
 @torch.no_grad()
-def averaged_pseudo_labels(
-    network: nn.Module, images: torch.Tensor, views: int = 8, mode: str = "map"
-) -> torch.Tensor:
-    """``y'_n``, eq. (13): the best network's output averaged over ``views`` flips of (Z, Y, X), turned back.
+def flipped_decision_maps(network: nn.Module, images: torch.Tensor, views: int = 8) -> Iterator[torch.Tensor]:
+    """The decision map of each of ``views`` flips of (Z, Y, X) of ``images``, turned back (eq. 13's views).
 
     Parameters
     ----------
@@ -505,6 +503,25 @@ def averaged_pseudo_labels(
     images : tensor, shape (N, 1, Z, Y, X)
     views : int in [1, 8]
         ``N_e``; the first ``views`` of the 8 flips, the identity first.
+
+    Yields
+    ------
+    tensor, shape (N, 1, Z, Y, X), float32: one view's map on the grid of ``images``.
+    """
+    flips = [(z, y, x) for z in (False, True) for y in (False, True) for x in (False, True)][:views]
+    for flip in flips:
+        dims = [2 + i for i, flipped in enumerate(flip) if flipped]
+        turned = torch.flip(images, dims) if dims else images
+        probability = network.decision_probability(turned).float()
+        yield torch.flip(probability, dims) if dims else probability
+
+
+def average_view_maps(maps: Iterable[torch.Tensor], mode: str = "map") -> torch.Tensor:
+    """``y'_n``, eq. (13): the mean of the views' decision maps (:func:`flipped_decision_maps`).
+
+    Parameters
+    ----------
+    maps : iterable of tensors of one shape, in [0, 1]
     mode : "map" or "votes"
         Average the decision maps (eq. 13 as written) or the decisions themselves (1 where a view calls the
         voxel vessel), so that ``y'`` is the share of the views that agree (ours: with soft clusters the
@@ -512,20 +529,27 @@ def averaged_pseudo_labels(
 
     Returns
     -------
-    tensor, shape (N, 1, Z, Y, X), float32 in [0, 1]
+    tensor, float32 in [0, 1], the maps' shape
     """
     if mode not in ("map", "votes"):
         raise ValueError(f'mode must be "map" or "votes"; got {mode!r}.')
-    flips = [(z, y, x) for z in (False, True) for y in (False, True) for x in (False, True)][:views]
-    total = torch.zeros_like(images, dtype=torch.float32)
-    for flip in flips:
-        dims = [2 + i for i, flipped in enumerate(flip) if flipped]
-        turned = torch.flip(images, dims) if dims else images
-        probability = network.decision_probability(turned).float()
+    total, count = None, 0
+    for probability in maps:
         if mode == "votes":
             probability = (probability > PSEUDO_LABEL_THRESHOLD).float()
-        total += torch.flip(probability, dims) if dims else probability
-    return total / len(flips)
+        total = probability.float().clone() if total is None else total + probability
+        count += 1
+    if total is None:
+        raise ValueError("average_view_maps needs at least one map.")
+    return total / count
+
+
+def averaged_pseudo_labels(
+    network: nn.Module, images: torch.Tensor, views: int = 8, mode: str = "map"
+) -> torch.Tensor:
+    """``y'_n``, eq. (13): ``f'``'s decision maps (``mode = "map"``) or decisions (``"votes"``) averaged over
+    ``views`` flips of (Z, Y, X), turned back; (N, 1, Z, Y, X) float32 in [0, 1] for images (N, 1, Z, Y, X)."""
+    return average_view_maps(flipped_decision_maps(network, images, views), mode)
 
 
 def reliable_mask(pseudo_probability: torch.Tensor, confidence: float = CONFIDENCE_RATE) -> torch.Tensor:
