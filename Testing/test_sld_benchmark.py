@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -58,6 +59,25 @@ def test_quick_benchmark_scores_every_method_and_a_rerun_trains_nothing(tmp_path
     assert [r["ap"] for r in shifted] != [r["ap"] for r in rows]
     assert "rendering shifted: noisy" in (tmp_path / "summary-noisy.md").read_text()
     assert (tmp_path / "scores.csv").read_text() == before
+
+    # The label-free pick on the same folder: scores at the reference-density cut beside the fixed ones.
+    spec = importlib.util.spec_from_file_location("sld_pick", REPO / "benchmarks" / "sld_label_free_pick.py")
+    pick = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pick)
+    capsys.readouterr()
+    assert pick.main(["--run-dir", str(tmp_path), "--method", "3d-sld", "--seeds", "0", "--group", "1"]) == 0
+    printed = capsys.readouterr().out
+    calibrated = (tmp_path / "3d-sld" / "seed-0" / "scores-reference-density.json").read_text()
+    cut = json.loads((tmp_path / "3d-sld" / "seed-0" / "train" / "run.json").read_text())
+    cut = round(cut["decision_thresholds"]["label_free"]["reference_density_threshold"], 4)
+    assert sorted(r["phantom"] for r in json.loads(calibrated)) == [int(p) for p in phantoms]
+    assert all(r["threshold"] == cut for r in json.loads(calibrated))
+    assert "| 0 | " in printed and "pick of 1 by bright-voxel AP" in printed
+    assert (
+        (tmp_path / "label-free-pick-3d-sld.md")
+        .read_text()
+        .startswith("<!-- python benchmarks/sld_label_free")
+    )
 
 
 def test_with_brain_masks_every_method_gets_the_mask_and_the_truth_is_the_brain_vessels():

@@ -307,3 +307,65 @@ def test_an_unknown_pseudo_label_kind_is_refused(tmp_path):
     document["training"]["sld"]["pseudo_labels"] = "hard"
     with pytest.raises(ValueError, match="pseudo_labels must be one of 'map', 'votes'"):
         parse_config(document)
+
+
+def test_the_run_and_its_card_keep_the_label_free_checks(trained_run, tmp_path):
+    record = json.loads((trained_run / RUN_RECORD).read_text())["decision_thresholds"]
+    assert record["selection"] == "fixed" and record["thresholds"] == {"artery": 0.5}  # the default recipe
+    checks = record["label_free"]
+    assert 0.0 <= checks["bright_voxel_ap"] <= 1.0 and 0.0 <= checks["reference_density_threshold"] <= 1.0
+    assert checks["bright_quantile"] == 0.995  # the bright crops' definition of bright
+    export_run(trained_run, name="sld-checks", out_dir=tmp_path, modalities=["TOF-MRA"])
+    card = json.loads((tmp_path / "sld-checks.card.json").read_text())
+    assert card["decision_thresholds"]["label_free"] == checks
+
+
+def test_the_reference_density_threshold_ships_and_pick_sld_ranks_runs(trained_run, tmp_path, capsys):
+    from trainer.__main__ import main as trainer_main
+
+    document = _document(tmp_path, stages=(1, 1, 0))
+    document["training"]["sld"]["threshold"] = "reference-density"
+    clear_case_cache()
+    run_training(parse_config(document), command=["test"])
+    run = tmp_path / "run"
+    record = json.loads((run / RUN_RECORD).read_text())["decision_thresholds"]
+    cut = round(record["label_free"]["reference_density_threshold"], 4)
+    assert record["selection"] == "reference-density" and record["thresholds"] == {"artery": cut}
+    entry = export_run(run, name="sld-density", out_dir=tmp_path / "models", modalities=["TOF-MRA"])
+    assert entry["thresholds"] == {"artery": cut}  # what segment_image will cut at
+
+    assert trainer_main(["pick-sld", str(trained_run), str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith(f"| {tmp_path.parent}") or line.startswith("| /")]
+    aps = [float(row.split("|")[2]) for row in rows]
+    assert len(rows) == 2 and aps == sorted(aps, reverse=True)  # best first
+    best = rows[0].split("|")[1].strip()
+    assert any(line.startswith(f"Pick: {best} ") for line in lines)
+    assert all("recorded by the trainer" in row for row in rows)
+
+    assert (
+        trainer_main(["pick-sld", str(tmp_path / "models")]) == 2
+    )  # not a run folder: one line, no traceback
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and "run.json" in error
+
+
+def test_an_unknown_threshold_kind_is_refused(tmp_path):
+    document = _document(tmp_path)
+    document["training"]["sld"]["threshold"] = "otsu"
+    with pytest.raises(ValueError, match="threshold must be one of 'fixed', 'reference-density'"):
+        parse_config(document)
+
+
+def test_a_skull_stripped_label_free_case_keeps_its_brain_mask(tmp_path):
+    document = _document(tmp_path)
+    for key in ("training", "validation"):
+        document["data"][key][0]["skull_strip"] = True
+    config = parse_config(document)
+    clear_case_cache()
+    trainer = SLDTrainer(config, command=["test"])
+    (case,) = trainer.load_cases(config.data.validation)[0]
+    assert case.brain_mask is not None and case.brain_mask.shape == case.image.shape
+    assert case.brain_mask.any() and not case.image[~case.brain_mask].any()  # zero outside the brain
+    (whole,) = trainer.load_cases(parse_config(_document(tmp_path)).data.validation)[0]
+    assert whole.brain_mask is None

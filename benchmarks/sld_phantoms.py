@@ -214,9 +214,14 @@ def score(result, phantom: TestPhantom) -> dict:
     return scores
 
 
-def score_method(name: str, kind: str, registry: ModelRegistry, phantoms, extra: dict) -> list[dict]:
-    """Segment every test phantom as a user would, and score it; one row per phantom."""
-    request = SegmentationRequest(modality=MODALITY, method=name, device="cpu", keep_probabilities=True)
+def score_method(
+    name: str, kind: str, registry: ModelRegistry, phantoms, extra: dict, thresholds: dict | None = None
+) -> list[dict]:
+    """Segment every test phantom as a user would, and score it; one row per phantom. ``thresholds``
+    (class -> cut) overrides the model's, as ``SegmentationRequest.thresholds`` does for a user."""
+    request = SegmentationRequest(
+        modality=MODALITY, method=name, device="cpu", keep_probabilities=True, thresholds=thresholds or {}
+    )
     rows = []
     for phantom in phantoms:
         started = time.monotonic()

@@ -1,4 +1,5 @@
-"""Command line: ``python -m trainer train CONFIG ...`` and ``python -m trainer export RUN_DIR ...``.
+"""Command line: ``python -m trainer train CONFIG ...``, ``python -m trainer export RUN_DIR ...`` and
+``python -m trainer pick-sld RUN_DIR...`` (rank 3D-SLD runs without labels).
 
 Errors are reported on one line and exit with status 2; Ctrl+C during training saves and exits with 130.
 Under ``torchrun --nproc_per_node=N -m trainer train CONFIG`` the processes train data-parallel.
@@ -77,7 +78,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write OUT/models.json holding this entry alone (not for Resources/Models)",
     )
+    pick = commands.add_parser(
+        "pick-sld",
+        help="rank 3D-SLD runs of one recipe without labels",
+        description="Rank finished 3D-SLD runs (e.g. the same recipe with other training.seed values) by the "
+        "label-free bright-voxel AP of their last weights on their validation volumes, highest first, and "
+        "name the one to export (trainer.sld.label_free).",
+    )
+    pick.add_argument("run_dirs", nargs="+", help="finished 3D-SLD run folders")
     return parser
+
+
+def _print_ranking(run_dirs: Sequence[str]) -> None:
+    """``pick-sld``: a table of the runs' label-free checks, best first, and the export command for the best."""
+    from trainer.sld.label_free import rank_runs
+
+    rows = rank_runs(run_dirs)
+    print(
+        "| run | bright-voxel AP | chance | reference-density threshold | called vessel there | at 0.5 | checks |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for run, assessment, recorded in rows:
+        print(
+            f"| {run} | {assessment.bright_voxel_ap:.3f} | {1 - assessment.bright_quantile:.3f} "
+            f"| {assessment.reference_density_threshold:.3f} | {assessment.foreground_at_threshold:.4f} "
+            f"| {assessment.foreground_at_half:.4f} | {'recorded by the trainer' if recorded else 'measured now'} |"
+        )
+    best = rows[0][0]
+    print(f"\nPick: {best} (the highest bright-voxel AP; no label read). Export it with")
+    print(f"  python -m trainer export {best} --name NAME --out FOLDER")
 
 
 def _command_line(argv: Sequence[str]) -> list[str]:
@@ -114,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = run_training(config, resume=arguments.resume, command=_command_line(argv))
             if summary.interrupted:
                 return EXIT_INTERRUPTED
+            return 0
+        if arguments.command == "pick-sld":
+            _print_ranking(arguments.run_dirs)
             return 0
         from trainer.export import export_run
 

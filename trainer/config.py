@@ -58,6 +58,9 @@ LR_SCHEDULES = ("plateau", "cosine")
 MODEL_SELECTIONS = ("best", "last")
 #: 3D-SLD's pseudo labels (eq. 13): the views' mean decision "map" (as written) or the share of their "votes".
 PSEUDO_LABELS = ("map", "votes")
+#: 3D-SLD's decision threshold: the "fixed" ``validation_threshold``, or the label-free "reference-density" one
+#: (``trainer.sld.label_free.reference_density_threshold``).
+SLD_THRESHOLDS = ("fixed", "reference-density")
 #: Label names a phantom class map uses (VesselSegLib.vessel_classes label values 1, 2, 3).
 PHANTOM_LABELS = {"artery": 1, "vein": 2, "micro": 3}
 #: Remapping a phantom class to this drops it (its voxels become background in every channel).
@@ -273,7 +276,13 @@ class SLDSpec:
         Share of training crops taken around a voxel at or above the volume's ``bright_crop_quantile``
         intensity (``trainer.sld.sampling.CropSampler``; ours, label-free); 0: uniform crops (the paper).
     bright_crop_quantile : float in (0, 1)
-        Intensity quantile of the bright voxels (0.995: the brightest 0.5 %).
+        Intensity quantile of the bright voxels (0.995: the brightest 0.5 %). The label-free check of a
+        trained model (``trainer.sld.label_free``) uses the same definition of "bright".
+    threshold : "fixed" or "reference-density"
+        The shipped decision threshold: "fixed", ``training.validation_threshold`` (0.5, the notes);
+        "reference-density", chosen without labels after training so that the MIPs of the validation
+        volumes' crops (drawn as the training crops are) are as dense as the Crop-and-Overlap references
+        the discriminator was trained on (ours; ``trainer.sld.label_free.reference_density_threshold``).
     """
 
     stage_epochs: tuple[int, int, int] = (10, 30, 10)
@@ -290,6 +299,7 @@ class SLDSpec:
     loss_weights: dict[str, float] = field(default_factory=dict)
     bright_crop_fraction: float = 0.0
     bright_crop_quantile: float = 0.995
+    threshold: str = "fixed"
 
     def weights(self):
         """The paper's ``SLDLossWeights`` with this run's overrides."""
@@ -391,6 +401,7 @@ def _sld(value: Any) -> SLDSpec | None:
             open_low=True,
             open_high=True,
         ),
+        threshold=_choice(value.get("threshold", defaults.threshold), f"{where}.threshold", SLD_THRESHOLDS),
     )
 
 

@@ -49,6 +49,9 @@ class TrainingCase:
         Region uniform patch centres are drawn from: brain mask and vessels' bounding box.
     vessel_voxels : ndarray of int64
         Flat indices of voxels that are vessel in any channel (centres of foreground patches).
+    brain_mask : ndarray of bool, shape (Z, Y, X), or None
+        The brain of a skull-stripped label-free case (the image is zero outside it); None otherwise. Label-free
+        checks of a trained 3D-SLD model look inside it (``trainer.sld.label_free``).
     """
 
     name: str
@@ -58,6 +61,7 @@ class TrainingCase:
     modality: str
     box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
     vessel_voxels: np.ndarray
+    brain_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,8 @@ def _label_free_case(
     """A case with no label: zero target channels, no vessel voxels, and as the sampling box the whole
     volume, or for a skull-stripped image (``brain_mask`` given) the volume cut to the mask's bounding box."""
     if brain_mask is not None:
-        image = image[tuple(slice(start, stop) for start, stop in _bounding_box(brain_mask))]
+        box = tuple(slice(start, stop) for start, stop in _bounding_box(brain_mask))
+        image, brain_mask = image[box], np.ascontiguousarray(brain_mask[box], dtype=bool)
     return TrainingCase(
         name=name,
         image=np.ascontiguousarray(image, dtype=np.float32),
@@ -170,6 +175,7 @@ def _label_free_case(
         modality=modality,
         box=tuple((0, n) for n in image.shape),
         vessel_voxels=np.zeros(0, dtype=np.int64),
+        brain_mask=brain_mask,
     )
 
 
@@ -283,6 +289,11 @@ def case_at_spacing(case: TrainingCase, spacing_zyx: Sequence[float]) -> Trainin
         spacing_zyx=tuple(float(v) for v in target_spacing),
         box=box,  # type: ignore[arg-type]
         vessel_voxels=np.flatnonzero(vessel),
+        brain_mask=None
+        if case.brain_mask is None
+        else resample_to_spacing(
+            case.brain_mask.astype(np.uint8), case.spacing_zyx, target_spacing, interpolation="nearest"
+        ).astype(bool),
     )
 
 

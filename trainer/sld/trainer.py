@@ -24,8 +24,11 @@ random in-plane flip/rotation ``G`` (its embedding is turned back by ``G^-1``), 
 Validation reads no label: it is the stage-2 objective's single-pass terms (10 x region discrimination +
 adversarial loss against the current discriminator + 0.1 x entropy) on fixed crops of the validation
 images, and only picks ``f'``. The shipped model is the last epoch (nothing is selected with labels); the
-decision threshold is the fixed ``validation_threshold`` (0.5, the notes). The learning rates are constant
-(the notes' [C] choice).
+decision threshold is the fixed ``validation_threshold`` (0.5, the notes), or with ``threshold =
+"reference-density"`` the label-free cut of :mod:`trainer.sld.label_free`. After the last epoch that module's
+checks run on the validation volumes either way, and the run record (then the card) keeps them under
+``decision_thresholds.label_free``: ``bright_voxel_ap`` tells a collapsed run from one that found the vessels
+(``python -m trainer pick-sld RUN...``). The learning rates are constant (the notes' [C] choice).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from trainer.loop import (
     optimizer_state_from_files,
     optimizer_state_to_files,
 )
-from trainer.sld import losses
+from trainer.sld import label_free, losses
 from trainer.sld.discriminator import MaskDiscriminator
 from trainer.sld.guidance import BUNDLED_MASKS, mask_files, read_mask
 from trainer.sld.references import (
@@ -332,6 +335,35 @@ class SLDTrainer(Trainer):
             network.load_state_dict(self.best_network_state)
             self._best_network_module = network.eval()
         return self._best_network_module
+
+    # ------------------------------------------------------------------------------------- threshold
+
+    def choose_thresholds(self) -> dict[str, Any]:
+        """The fixed threshold or the label-free reference-density one, with the label-free checks (module text)."""
+        fixed = self.config.training.validation_threshold
+        chosen = {"selection": "fixed", "thresholds": {name: fixed for name in self.vessel_classes}}
+        # data.validation is never empty (the configuration requires it): the checks always have a volume.
+        network = copy.deepcopy(unwrap_model(self.model))  # the last epoch: the shipped weights
+        decisions = [self.predict_validation_case(network, case)[0] for case in self.validation_cases]
+        assessment = label_free.assess(
+            decisions,
+            [case.image for case in self.validation_cases],
+            [case.brain_mask for case in self.validation_cases],
+            patch_zyx=self.config.training.patch_size_zyx,
+            bright_fraction=self.sld.bright_crop_fraction,
+            bright_quantile=self.sld.bright_crop_quantile,
+            reference_density=self.crop_choice.reference_foreground,
+        )
+        logger.info(
+            "Label-free checks: bright-voxel AP %.3f (chance %.3f), reference-density threshold %.3f",
+            assessment.bright_voxel_ap,
+            1 - assessment.bright_quantile,
+            assessment.reference_density_threshold,
+        )
+        if self.sld.threshold == "reference-density":
+            cut = round(assessment.reference_density_threshold, 4)
+            chosen = {"selection": "reference-density", "thresholds": {n: cut for n in self.vessel_classes}}
+        return {**chosen, "label_free": assessment.to_dict()}
 
     # ------------------------------------------------------------------------------------- validation
 

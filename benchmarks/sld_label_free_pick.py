@@ -1,0 +1,171 @@
+"""Does a label-free pick among 3D-SLD restarts, cut at the reference density, give a working TOF-MRA model?
+
+    python benchmarks/sld_label_free_pick.py --run-dir runs/sld-tof-ss \\
+        --method 3d-sld-skullstripped-bright-crops --seeds 0 1 2 3 4 5 6 7 8 --group 3
+
+3D-SLD's adversarial training finds the vessels with some seeds and collapses with others (README "3D-SLD").
+A user has no 3D label to tell them apart; ``trainer.sld.label_free`` gives two label-free measurements of a
+finished run on its validation volumes: the bright-voxel AP (``python -m trainer pick-sld`` ranks restarts by
+it) and the reference-density threshold (``[training.sld] threshold = "reference-density"``). This script
+scores what a user would get on the held-out phantoms of ``benchmarks/sld_phantoms.py``, whose seed folders it
+reads (train them there first; nothing is trained here):
+
+1. per seed: the label-free measurements, and the test scores at the card's fixed threshold (the
+   ``scores.json`` of sld_phantoms.py) and at the reference-density threshold (``segment_image`` with the
+   request's threshold, cached as ``scores-reference-density.json``);
+2. per procedure: one training (mean +- sd over the seeds), and the pick of the run with the highest
+   bright-voxel AP among ``--group`` restarts, on disjoint groups of consecutive seeds (mean +- sd over the
+   groups: each group is one user's independent try) and as the mean over every subset of that size (the
+   subsets overlap: a smoother estimate of the same thing, not an independent one). A pick by the test Dice
+   (reads labels) is printed as the ceiling, not as a result.
+
+The test labels are read only to score. The table is printed and written to
+``RUN_DIR/label-free-pick-METHOD.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from trainer.sld.label_free import recorded_or_measured
+from VesselSegLib.models.registry import ModelRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
+from rendering_shifts import AS_RENDERED  # noqa: E402
+from sld_phantoms import make_test_phantoms, score_method  # noqa: E402
+
+logger = logging.getLogger("sld_label_free_pick")
+
+CALIBRATED_SCORES = "scores-reference-density.json"
+SCORE_KEYS = ("dice", "precision", "sensitivity", "ap")
+
+
+def seed_row(method: str, seed: int, seed_dir: Path, phantoms) -> dict:
+    """One seed: label-free measurements and mean test scores at the fixed and the reference-density cut."""
+    fixed_path = seed_dir / "scores.json"
+    if not fixed_path.is_file():
+        raise SystemExit(
+            f"error: {fixed_path} is missing; train and score seed {seed} first with benchmarks/sld_phantoms.py "
+            "(same --run-dir and method)."
+        )
+    assessment, _ = recorded_or_measured(seed_dir / "train")
+    cut = round(assessment.reference_density_threshold, 4)
+    calibrated_path = seed_dir / CALIBRATED_SCORES
+    calibrated = json.loads(calibrated_path.read_text()) if calibrated_path.is_file() else []
+    if not calibrated or any(row["threshold"] != cut for row in calibrated):
+        registry = ModelRegistry.from_file(seed_dir / "models" / "models.json")
+        classes = registry.get(method).vessel_classes
+        calibrated = score_method(
+            method, "3d-sld", registry, phantoms, {"seed": seed}, dict.fromkeys(classes, cut)
+        )
+        calibrated_path.write_text(json.dumps(calibrated, indent=1) + "\n")
+    fixed = json.loads(fixed_path.read_text())
+    row = {"seed": seed, "bright_voxel_ap": assessment.bright_voxel_ap, "threshold": cut}
+    row.update({f"fixed_{k}": float(np.mean([r[k] for r in fixed])) for k in SCORE_KEYS})
+    row.update({f"calibrated_{k}": float(np.mean([r[k] for r in calibrated])) for k in SCORE_KEYS})
+    return row
+
+
+def picked(rows: list[dict], key: str) -> dict:
+    """The row with the highest ``key`` (ties: the lower seed)."""
+    return max(rows, key=lambda row: (row[key], -row["seed"]))
+
+
+def mean_sd(values) -> str:
+    values = np.asarray(list(values), dtype=float)
+    return f"{values.mean():.3f} +- {values.std(ddof=1):.3f}" if values.size > 1 else f"{values.mean():.3f}"
+
+
+def procedures_table(rows: list[dict], group: int) -> list[str]:
+    """The procedures of the module text, at the fixed and the reference-density cut."""
+    groups = [rows[i : i + group] for i in range(0, len(rows) - group + 1, group)]
+    subsets = [list(s) for s in itertools.combinations(rows, group)]
+    lines = [
+        "| procedure | tries | Dice, fixed threshold | Dice, reference-density threshold | picked seeds |",
+        "|---|---|---|---|---|",
+        f"| one training | {len(rows)} seeds | {mean_sd(r['fixed_dice'] for r in rows)} "
+        f"| {mean_sd(r['calibrated_dice'] for r in rows)} | |",
+    ]
+    if groups:
+        picks = [picked(g, "bright_voxel_ap") for g in groups]
+        lines.append(
+            f"| **pick of {group} by bright-voxel AP** (label-free) | {len(groups)} disjoint groups "
+            f"| {mean_sd(p['fixed_dice'] for p in picks)} | **{mean_sd(p['calibrated_dice'] for p in picks)}** "
+            f"| {', '.join(str(p['seed']) for p in picks)} |"
+        )
+        every = [picked(s, "bright_voxel_ap") for s in subsets]
+        lines.append(
+            f"| pick of {group} by bright-voxel AP, every subset (overlapping) | {len(subsets)} subsets "
+            f"| {np.mean([p['fixed_dice'] for p in every]):.3f} | {np.mean([p['calibrated_dice'] for p in every]):.3f} | |"
+        )
+        ceiling_fixed = [picked(g, "fixed_dice")["fixed_dice"] for g in groups]
+        ceiling_calibrated = [picked(g, "calibrated_dice")["calibrated_dice"] for g in groups]
+        lines.append(
+            f"| pick of {group} by test Dice (reads labels: a ceiling, not a result) | {len(groups)} disjoint "
+            f"groups | {mean_sd(ceiling_fixed)} | {mean_sd(ceiling_calibrated)} | |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, required=True, help="an sld_phantoms.py run folder")
+    parser.add_argument("--method", required=True, help="the 3D-SLD method name in that folder")
+    parser.add_argument("--seeds", nargs="+", type=int, required=True)
+    parser.add_argument("--group", type=int, default=3, help="restarts a user trains and picks among")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.group < 1 or args.group > len(args.seeds):
+        raise SystemExit(f"error: --group must be between 1 and the number of seeds ({len(args.seeds)}).")
+    test_set = json.loads((args.run_dir / "benchmark.json").read_text())
+    phantoms = make_test_phantoms(
+        test_set["seeds"],
+        test_set["shape_zyx"],
+        test_set["spacing_zyx"],
+        AS_RENDERED,
+        test_set.get("brain_mask", False),
+    )
+    rows = [
+        seed_row(args.method, seed, args.run_dir / args.method / f"seed-{seed}", phantoms)
+        for seed in args.seeds
+    ]
+    where = "inside the brain" if test_set.get("brain_mask") else "whole volumes"
+    lines = [
+        f"{args.method}: {len(test_set['seeds'])} held-out TOF-MRA phantoms (seeds {test_set['seeds'][0]}-"
+        f"{test_set['seeds'][-1]}), scored {where} through segment_image; label-free measurements on each run's "
+        "validation volume (trainer.sld.label_free). Means over the test phantoms.",
+        "",
+        "| seed | bright-voxel AP (label-free) | reference-density threshold | Dice at 0.5 | AP | Dice at the "
+        "reference-density threshold | precision | sensitivity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['seed']} | {row['bright_voxel_ap']:.3f} | {row['threshold']:.3f} | {row['fixed_dice']:.3f} "
+            f"| {row['fixed_ap']:.3f} | {row['calibrated_dice']:.3f} | {row['calibrated_precision']:.3f} "
+            f"| {row['calibrated_sensitivity']:.3f} |"
+        )
+    if len(rows) > 2:
+        rho = spearmanr([r["bright_voxel_ap"] for r in rows], [r["fixed_ap"] for r in rows]).statistic
+        lines += ["", f"Spearman correlation over the seeds, bright-voxel AP vs test AP: {rho:.2f}."]
+    lines += ["", *procedures_table(rows, args.group)]
+    table = "\n".join(lines)
+    print(table)
+    command = shlex.join(
+        ["python", "benchmarks/sld_label_free_pick.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    (args.run_dir / f"label-free-pick-{args.method}.md").write_text(f"<!-- {command} -->\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
