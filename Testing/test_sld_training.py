@@ -30,6 +30,7 @@ from VesselSegLib.request import SegmentationRequest
 REPO = Path(__file__).resolve().parents[1]
 SLD_TOF = REPO / "trainer" / "configs" / "sld_tof.toml"
 SLD_2PM = REPO / "trainer" / "configs" / "sld_2pm.toml"
+SLD_TOF_SKULLSTRIPPED = REPO / "trainer" / "configs" / "sld_tof_skullstripped.toml"
 TINY_NETWORK = {"in_channels": 1, "widths": [4, 8, 8], "embedding_channels": 8, "clusters": 4}
 
 
@@ -54,7 +55,7 @@ def test_shipped_configurations_parse_and_their_stages_add_up(tmp_path):
     (tmp_path / "metadata").mkdir()
     for name in ("burgess2014_tgMouse", "other_stack"):
         tifffile.imwrite(tmp_path / "images" / f"{name}.tif", np.zeros((4, 8, 8), np.uint8))
-    for path in (SLD_TOF, SLD_2PM):
+    for path in (SLD_TOF, SLD_2PM, SLD_TOF_SKULLSTRIPPED):
         config = parse_config(tomllib.loads(path.read_text()), base_dir=path.parent, data_root=tmp_path)
         sld = config.training.sld
         assert sld is not None and sum(sld.stage_epochs) == config.training.epochs

@@ -318,6 +318,20 @@ def test_resume_without_a_run_is_a_one_line_error(tmp_path, capsys):
     assert error.startswith("error: Nothing to resume") and "\n" not in error
 
 
+def test_cli_seed_overrides_the_configuration(tmp_path, capsys):
+    run_dir = tmp_path / "seeded"
+    code = trainer_main(
+        ["train", str(TINY), "--run-dir", str(run_dir), "--seed", "7", "--epochs", "1", "--quiet"]
+    )
+    assert code == 0
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["training"]["seed"] == 7  # what the card and a rerun read
+    assert (
+        trainer_main(["train", str(TINY), "--run-dir", str(tmp_path / "x"), "--seed", "-1", "--quiet"]) == 2
+    )
+    assert "--seed must be >= 0" in capsys.readouterr().err
+
+
 def test_cli_bad_config_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.read_text().replace("batch_size = 4", "batch_size = 4\nbatchsize = 4"))

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--epochs", type=int, help="override training.epochs")
     train.add_argument(
+        "--seed", type=int, help="override training.seed (restarts of an unstable training, e.g. 3D-SLD's)"
+    )
+    train.add_argument(
         "--threads",
         type=int,
         help="override training.num_threads (a machine setting: 1 when another job shares 2 cores)",
@@ -133,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trainer.loop import run_training
 
             config = load_config(arguments.config, data_root=arguments.data_root)
-            config = config.with_overrides(run_dir=arguments.run_dir, epochs=arguments.epochs)
+            config = config.with_overrides(
+                run_dir=arguments.run_dir, epochs=arguments.epochs, seed=arguments.seed
+            )
             if arguments.threads is not None:
                 if arguments.threads < 1:
                     raise ValueError(f"--threads must be >= 1, got {arguments.threads}.")

@@ -467,9 +467,17 @@ class TrainConfig:
     source_path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
-    def with_overrides(self, *, run_dir: Path | None = None, epochs: int | None = None) -> TrainConfig:
-        """A copy with the command line's ``--run-dir`` / ``--epochs`` applied."""
+    def with_overrides(
+        self, *, run_dir: Path | None = None, epochs: int | None = None, seed: int | None = None
+    ) -> TrainConfig:
+        """A copy with the command line's ``--run-dir`` / ``--epochs`` / ``--seed`` applied. The seed is also
+        written into ``raw`` (what the run record and the card show as the configuration): it decides the weights."""
         config = self
+        if seed is not None:
+            if seed < 0:
+                raise ValueError(f"--seed must be >= 0, got {seed}.")
+            raw = {**config.raw, "training": {**config.raw.get("training", {}), "seed": int(seed)}}
+            config = replace(config, training=replace(config.training, seed=int(seed)), raw=raw)
         if run_dir is not None:
             config = replace(config, output=OutputConfig(run_dir=Path(run_dir)))
         if epochs is not None:
