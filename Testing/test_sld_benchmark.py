@@ -79,6 +79,19 @@ def test_quick_benchmark_scores_every_method_and_a_rerun_trains_nothing(tmp_path
         .startswith("<!-- python benchmarks/sld_label_free")
     )
 
+    # --update-card writes the scores into a shipped card, only when its weights are one of the scored seeds'.
+    from trainer.export import export_run
+
+    export_run(tmp_path / "3d-sld" / "seed-0" / "train", name="shipped", out_dir=tmp_path / "out")
+    export_run(tmp_path / "3d-sld-no-ori" / "seed-0" / "train", name="other", out_dir=tmp_path / "out")
+    arguments = ["--run-dir", str(tmp_path), "--method", "3d-sld", "--seeds", "0", "--group", "1"]
+    assert pick.main([*arguments, "--update-card", str(tmp_path / "out" / "shipped.card.json")]) == 0
+    held_out = json.loads((tmp_path / "out" / "shipped.card.json").read_text())["held_out_phantoms"]
+    assert held_out["this_model"]["seed"] == 0 and held_out["this_model"]["threshold"] == cut
+    assert held_out["procedures"]["pick_of_1_by_bright_voxel_ap"]["picked"] == [0]
+    with pytest.raises(SystemExit, match="holds none of the scored seeds' weights"):
+        pick.main([*arguments, "--update-card", str(tmp_path / "out" / "other.card.json")])
+
 
 def test_with_brain_masks_every_method_gets_the_mask_and_the_truth_is_the_brain_vessels():
     from VesselSegLib.phantoms import make_phantom_case

@@ -20,7 +20,8 @@ reads (train them there first; nothing is trained here):
    (reads labels) is printed as the ceiling, not as a result.
 
 The test labels are read only to score. The table is printed and written to
-``RUN_DIR/label-free-pick-METHOD.md``.
+``RUN_DIR/label-free-pick-METHOD.md``. ``--update-card CARD`` writes the scores into a shipped model's card
+(key ``held_out_phantoms``), after checking that its weights are those of one of the scored seeds.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ import argparse
 import itertools
 import json
 import logging
+import os
+import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
 from trainer.sld.label_free import recorded_or_measured
@@ -73,6 +79,70 @@ def seed_row(method: str, seed: int, seed_dir: Path, phantoms) -> dict:
     row.update({f"fixed_{k}": float(np.mean([r[k] for r in fixed])) for k in SCORE_KEYS})
     row.update({f"calibrated_{k}": float(np.mean([r[k] for r in calibrated])) for k in SCORE_KEYS})
     return row
+
+
+def summary(values) -> dict:
+    values = np.asarray(list(values), dtype=float)
+    return {
+        "n": int(values.size),
+        "mean": round(float(values.mean()), 4),
+        "sd": round(float(values.std(ddof=1)), 4) if values.size > 1 else None,
+    }
+
+
+def same_weights(first: Path, second: Path) -> bool:
+    """Whether two safetensors files hold the same tensors, bit for bit (their metadata may differ)."""
+    a, b = load_file(first), load_file(second)
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def update_card(card_path: Path, rows: list[dict], args, test_set: dict, command: str) -> None:
+    """Write the held-out scores into a shipped 3D-SLD card: its own seed's row, the procedures, every seed."""
+    card = json.loads(card_path.read_text())
+    weights = card_path.parent / card["weights_file"]
+    mine = [
+        r
+        for r in rows
+        if same_weights(
+            weights,
+            args.run_dir / args.method / f"seed-{r['seed']}" / "models" / f"{args.method}.safetensors",
+        )
+    ]
+    if not mine:
+        raise SystemExit(
+            f"error: {weights} holds none of the scored seeds' weights; export one of them first."
+        )
+    groups = [rows[i : i + args.group] for i in range(0, len(rows) - args.group + 1, args.group)]
+    picks = [picked(g, "bright_voxel_ap") for g in groups]
+    keys = (
+        "bright_voxel_ap",
+        "threshold",
+        *(f"{c}_{k}" for c in ("calibrated", "fixed") for k in SCORE_KEYS),
+    )
+    card["held_out_phantoms"] = {
+        "what": "mean over held-out TOF-MRA phantoms never used for training, seed pick or threshold choice, "
+        "scored inside the brain; the seed pick (bright-voxel AP) and the threshold (reference density) read "
+        "no label. calibrated_*: at the reference-density threshold the card ships; fixed_*: at 0.5",
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "test_set": test_set,
+        "this_model": {"seed": mine[0]["seed"], **{k: round(mine[0][k], 4) for k in keys}},
+        "procedures": {
+            "one_training": {
+                "calibrated_dice": summary(r["calibrated_dice"] for r in rows),
+                "fixed_dice": summary(r["fixed_dice"] for r in rows),
+            },
+            f"pick_of_{args.group}_by_bright_voxel_ap": {
+                "groups": [[r["seed"] for r in g] for g in groups],
+                "picked": [p["seed"] for p in picks],
+                "calibrated_dice": summary(p["calibrated_dice"] for p in picks),
+                "fixed_dice": summary(p["fixed_dice"] for p in picks),
+            },
+        },
+        "seeds": [{"seed": r["seed"], **{k: round(r[k], 4) for k in keys}} for r in rows],
+    }
+    card_path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
 
 
 def picked(rows: list[dict], key: str) -> dict:
@@ -122,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", required=True, help="the 3D-SLD method name in that folder")
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
     parser.add_argument("--group", type=int, default=3, help="restarts a user trains and picks among")
+    parser.add_argument("--update-card", type=Path, help="a shipped model card to write the scores into")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.group < 1 or args.group > len(args.seeds):
@@ -164,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         ["python", "benchmarks/sld_label_free_pick.py", *(argv if argv is not None else sys.argv[1:])]
     )
     (args.run_dir / f"label-free-pick-{args.method}.md").write_text(f"<!-- {command} -->\n{table}\n")
+    if args.update_card:
+        update_card(args.update_card, rows, args, test_set, command)
     return 0
 
 
