@@ -193,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
     parser.add_argument("--group", type=int, default=3, help="restarts a user trains and picks among")
     parser.add_argument("--update-card", type=Path, help="a shipped model card to write the scores into")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 beside a training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, args.threads))
     if args.group < 1 or args.group > len(args.seeds):
         raise SystemExit(f"error: --group must be between 1 and the number of seeds ({len(args.seeds)}).")
     test_set = json.loads((args.run_dir / "benchmark.json").read_text())
