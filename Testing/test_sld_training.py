@@ -392,3 +392,18 @@ def test_the_shipped_tof_model_finds_vessels_inside_the_brain_and_needs_the_mask
     assert 2 * (called & truth).sum() / (called.sum() + truth.sum()) > 0.4
     with pytest.raises(ValueError, match="brain mask"):
         segment_image(phantom.image, phantom.spacing_zyx, request, registry=registry)
+
+
+def test_overridden_crop_settings_record_the_density_of_the_references_drawn(tmp_path):
+    # The reference-density threshold matches this number, so it must follow a max_patches override.
+    densities = {}
+    for max_patches in ("auto", 12):
+        document = _document(tmp_path)
+        document["training"]["sld"]["max_patches"] = max_patches
+        trainer = SLDTrainer(parse_config(document), command=["test"])
+        clear_case_cache()
+        trainer.setup()
+        if max_patches == 12:
+            assert trainer.crop_choice.settings.max_patches == 12
+        densities[max_patches] = trainer.crop_choice.reference_foreground
+    assert densities[12] > densities["auto"] + 0.05  # twelve overlapping patches are denser

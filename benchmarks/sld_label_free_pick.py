@@ -12,7 +12,8 @@ reads (train them there first; nothing is trained here):
 
 1. per seed: the label-free measurements, and the test scores at the card's fixed threshold (the
    ``scores.json`` of sld_phantoms.py) and at the reference-density threshold (``segment_image`` with the
-   request's threshold, cached as ``scores-reference-density.json``);
+   request's threshold, cached as ``scores-reference-density.json``; ``--rendering`` scores the phantoms
+   shifted to another protocol, the threshold still the one chosen on the validation volume as rendered);
 2. per procedure: one training (mean +- sd over the seeds), and the pick of the run with the highest
    bright-voxel AP among ``--group`` restarts, on disjoint groups of consecutive seeds (mean +- sd over the
    groups: each group is one user's independent try) and as the mean over every subset of that size (the
@@ -46,26 +47,25 @@ from trainer.sld.label_free import recorded_or_measured
 from VesselSegLib.models.registry import ModelRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
-from rendering_shifts import AS_RENDERED  # noqa: E402
-from sld_phantoms import make_test_phantoms, score_method  # noqa: E402
+from rendering_shifts import AS_RENDERED, RENDERINGS  # noqa: E402
+from sld_phantoms import _output_name, make_test_phantoms, score_method  # noqa: E402
 
 logger = logging.getLogger("sld_label_free_pick")
 
-CALIBRATED_SCORES = "scores-reference-density.json"
 SCORE_KEYS = ("dice", "precision", "sensitivity", "ap")
 
 
-def seed_row(method: str, seed: int, seed_dir: Path, phantoms) -> dict:
+def seed_row(method: str, seed: int, seed_dir: Path, phantoms, args) -> dict:
     """One seed: label-free measurements and mean test scores at the fixed and the reference-density cut."""
-    fixed_path = seed_dir / "scores.json"
+    fixed_path = seed_dir / _output_name("scores", ".json", args)
     if not fixed_path.is_file():
         raise SystemExit(
             f"error: {fixed_path} is missing; train and score seed {seed} first with benchmarks/sld_phantoms.py "
-            "(same --run-dir and method)."
+            "(same --run-dir, method and --rendering)."
         )
     assessment, _ = recorded_or_measured(seed_dir / "train")
     cut = round(assessment.reference_density_threshold, 4)
-    calibrated_path = seed_dir / CALIBRATED_SCORES
+    calibrated_path = seed_dir / _output_name("scores-reference-density", ".json", args)
     calibrated = json.loads(calibrated_path.read_text()) if calibrated_path.is_file() else []
     if not calibrated or any(row["threshold"] != cut for row in calibrated):
         registry = ModelRegistry.from_file(seed_dir / "models" / "models.json")
@@ -119,10 +119,12 @@ def update_card(card_path: Path, rows: list[dict], args, test_set: dict, command
         "threshold",
         *(f"{c}_{k}" for c in ("calibrated", "fixed") for k in SCORE_KEYS),
     )
-    card["held_out_phantoms"] = {
+    shifted = args.rendering != AS_RENDERED  # a shifted protocol gets its own key beside the as-rendered one
+    card["held_out_phantoms" + (f"_{args.rendering}" if shifted else "")] = {
         "what": "mean over held-out TOF-MRA phantoms never used for training, seed pick or threshold choice, "
         "scored inside the brain; the seed pick (bright-voxel AP) and the threshold (reference density) read "
-        "no label. calibrated_*: at the reference-density threshold the card ships; fixed_*: at 0.5",
+        "no label. calibrated_*: at the reference-density threshold the card ships; fixed_*: at 0.5"
+        + (f"; phantoms rendered {args.rendering} (benchmarks/rendering_shifts.py)" if shifted else ""),
         "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
@@ -194,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=3, help="restarts a user trains and picks among")
     parser.add_argument("--update-card", type=Path, help="a shipped model card to write the scores into")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 beside a training)")
+    parser.add_argument(
+        "--rendering",
+        choices=RENDERINGS,
+        default=AS_RENDERED,
+        help="score the test phantoms shifted to another protocol (benchmarks/rendering_shifts.py); the "
+        "threshold stays the one chosen on the validation volume as rendered, as a user would ship it",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, args.threads))
@@ -204,14 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         test_set["seeds"],
         test_set["shape_zyx"],
         test_set["spacing_zyx"],
-        AS_RENDERED,
+        args.rendering,
         test_set.get("brain_mask", False),
     )
     rows = [
-        seed_row(args.method, seed, args.run_dir / args.method / f"seed-{seed}", phantoms)
+        seed_row(args.method, seed, args.run_dir / args.method / f"seed-{seed}", phantoms, args)
         for seed in args.seeds
     ]
     where = "inside the brain" if test_set.get("brain_mask") else "whole volumes"
+    if args.rendering != AS_RENDERED:
+        where += f", rendering shifted: {args.rendering}"
     lines = [
         f"{args.method}: {len(test_set['seeds'])} held-out TOF-MRA phantoms (seeds {test_set['seeds'][0]}-"
         f"{test_set['seeds'][-1]}), scored {where} through segment_image; label-free measurements on each run's "
@@ -236,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(
         ["python", "benchmarks/sld_label_free_pick.py", *(argv if argv is not None else sys.argv[1:])]
     )
-    (args.run_dir / f"label-free-pick-{args.method}.md").write_text(f"<!-- {command} -->\n{table}\n")
+    summary_path = args.run_dir / _output_name(f"label-free-pick-{args.method}", ".md", args)
+    summary_path.write_text(f"<!-- {command} -->\n{table}\n")
     if args.update_card:
         update_card(args.update_card, rows, args, test_set, command)
     return 0

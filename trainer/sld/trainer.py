@@ -463,6 +463,11 @@ class SLDTrainer(Trainer):
             settings = dataclasses.replace(settings, crop_scale=tuple(self.sld.crop_scale))
         if self.sld.max_patches != "auto":
             settings = dataclasses.replace(settings, max_patches=int(self.sld.max_patches))
+        if settings != choice.settings:
+            # Overridden by the configuration: record the density of the references actually drawn (the
+            # reference-density threshold matches it). A generator of its own leaves the training's draws alone.
+            probes = reference_batch(self.reference_masks, settings, 64, np.random.default_rng(6_3))
+            choice = dataclasses.replace(choice, reference_foreground=float(probes.mean()))
         choice = dataclasses.replace(choice, settings=settings)
         logger.info(
             "Crop-and-Overlap: crop scale %s, up to %d patches (target width %.1f px, intensity-MIP density %.3f)",
