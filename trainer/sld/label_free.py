@@ -149,9 +149,8 @@ def reference_density_threshold(
         raise ValueError(f"reference_density must be in (0, 1), got {reference_density!r}")
     if len(decisions) != len(sampler.volumes):
         raise ValueError(f"{len(decisions)} decision maps for {len(sampler.volumes)} volumes; give one each")
-    padded = [
-        padded_to(np.asarray(d, dtype=np.float32), sampler.patch) for d in decisions
-    ]  # the sampler's grids
+    # On the sampler's grids: it mirror-pads volumes smaller than its patch.
+    padded = [padded_to(np.asarray(d, dtype=np.float32), sampler.patch) for d in decisions]
     rng = np.random.default_rng(seed)
     values, weights = [], []
     for _ in range(int(crops)):
