@@ -112,7 +112,7 @@ def update_card(card_path: Path, rows: list[dict], args, test_set: dict, command
         raise SystemExit(
             f"error: {weights} holds none of the scored seeds' weights; export one of them first."
         )
-    groups = [rows[i : i + args.group] for i in range(0, len(rows) - args.group + 1, args.group)]
+    groups = disjoint_groups(rows, args.group)
     picks = [picked(g, "bright_voxel_ap") for g in groups]
     keys = (
         "bright_voxel_ap",
@@ -147,6 +147,12 @@ def update_card(card_path: Path, rows: list[dict], args, test_set: dict, command
     card_path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
 
 
+def disjoint_groups(rows: list[dict], group: int) -> list[list[dict]]:
+    """Consecutive, non-overlapping groups of ``group`` rows (each one user's independent restarts); a
+    remainder shorter than ``group`` is left out."""
+    return [rows[i : i + group] for i in range(0, len(rows) - group + 1, group)]
+
+
 def picked(rows: list[dict], key: str) -> dict:
     """The row with the highest ``key`` (ties: the lower seed)."""
     return max(rows, key=lambda row: (row[key], -row["seed"]))
@@ -159,7 +165,7 @@ def mean_sd(values) -> str:
 
 def procedures_table(rows: list[dict], group: int) -> list[str]:
     """The procedures of the module text, at the fixed and the reference-density cut."""
-    groups = [rows[i : i + group] for i in range(0, len(rows) - group + 1, group)]
+    groups = disjoint_groups(rows, group)
     subsets = [list(s) for s in itertools.combinations(rows, group)]
     lines = [
         "| procedure | tries | Dice, fixed threshold | Dice, reference-density threshold | picked seeds |",

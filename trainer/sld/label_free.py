@@ -194,17 +194,14 @@ def assess(
     )
     threshold = reference_density_threshold(decisions, sampler, reference_density)
 
-    def called(cut: float) -> float:
-        scored = np.concatenate([_scored(d, m) for d, m in zip(decisions, masks, strict=True)])
-        return float((scored > cut).mean())
-
+    scored = np.concatenate([_scored(d, m) for d, m in zip(decisions, masks, strict=True)])
     return LabelFreeAssessment(
         bright_voxel_ap=float(np.nanmean(aps)),
         bright_quantile=float(bright_quantile),
         reference_density=float(reference_density),
         reference_density_threshold=threshold,
-        foreground_at_threshold=called(threshold),
-        foreground_at_half=called(0.5),
+        foreground_at_threshold=float((scored > threshold).mean()),
+        foreground_at_half=float((scored > 0.5).mean()),
     )
 
 

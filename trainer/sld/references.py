@@ -332,6 +332,9 @@ class CropOverlapChoice:
         return values
 
 
+#: References drawn to measure a setting's foreground fraction (:func:`choose_crop_settings`' probes).
+DENSITY_PROBES = 64
+
 #: Bounds of the chosen crop scale (fraction of the source side): at least ~10 px of a 512 px mask.
 CROP_SCALE_BOUNDS = (0.02, 1.0)
 
@@ -345,7 +348,7 @@ def choose_crop_settings(
     *,
     spread: float = 0.5,
     max_patches_limit: int = 16,
-    probe_count: int = 64,
+    probe_count: int = DENSITY_PROBES,
 ) -> CropOverlapChoice:
     """Crop-and-Overlap settings whose references have the target vessel width and density (notes Sec. 6.3).
 

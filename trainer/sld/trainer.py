@@ -62,6 +62,7 @@ from trainer.sld import label_free, losses
 from trainer.sld.discriminator import MaskDiscriminator
 from trainer.sld.guidance import BUNDLED_MASKS, mask_files, read_mask
 from trainer.sld.references import (
+    DENSITY_PROBES,
     choose_crop_settings,
     foreground_fraction_of_intensity_mips,
     foreground_fraction_of_mips,
@@ -466,7 +467,9 @@ class SLDTrainer(Trainer):
         if settings != choice.settings:
             # Overridden by the configuration: record the density of the references actually drawn (the
             # reference-density threshold matches it). A generator of its own leaves the training's draws alone.
-            probes = reference_batch(self.reference_masks, settings, 64, np.random.default_rng(6_3))
+            probes = reference_batch(
+                self.reference_masks, settings, DENSITY_PROBES, np.random.default_rng(6_3)
+            )
             choice = dataclasses.replace(choice, reference_foreground=float(probes.mean()))
         choice = dataclasses.replace(choice, settings=settings)
         logger.info(
